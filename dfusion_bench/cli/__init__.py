@@ -1,0 +1,45 @@
+"""The ``dfusion`` command line: one Typer app, one module per command group."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from dfusion_bench.errors import UserError
+
+app = typer.Typer(
+    name="dfusion",
+    help="Prompt-image alignment benchmarks for diffusion models: D-Fusion pairs, RL fine-tuning, evaluation, reports.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _register() -> None:
+    from dfusion_bench.cli import world
+
+    app.add_typer(world.app, name="world")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: a :class:`UserError` becomes one line on stderr and exit code 2."""
+    _register()
+    try:
+        app(args=argv, standalone_mode=False)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except SystemExit:
+        raise
+    except Exception as exc:  # click's usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            print("aborted", file=sys.stderr)
+            sys.exit(130)
+        raise

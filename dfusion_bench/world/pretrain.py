@@ -1,0 +1,251 @@
+"""Pretraining of the embedded model: the VAE first, then UNet and text encoder jointly, on freshly rendered scenes.
+
+Every batch is a pure function of ``(seed, phase, step)``, so a run stopped at any checkpoint and resumed ends with the
+same weights as an uninterrupted one. Diffusion training follows Stable Diffusion (epsilon prediction on VAE latents,
+SD's noise schedule, 10% empty captions for classifier-free guidance) with two standard aids for a short CPU budget:
+Min-SNR-γ loss weighting (Hang et al. 2023, γ = 5) and an EMA of the weights (decay 0.999), which is what ships.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+from diffusers.training_utils import EMAModel
+
+from dfusion_bench import atomic
+from dfusion_bench.errors import UserError
+from dfusion_bench.progress import progress_bar
+from dfusion_bench.world import architecture
+from dfusion_bench.world.render import draw
+from dfusion_bench.world.scenes import training_example
+from dfusion_bench.world.tokenizer import build_tokenizer
+
+MARKER = "dfusion_world.json"
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    seed: int = 0
+    vae_steps: int = 1500
+    unet_steps: int = 6000
+    batch_size: int = 64
+    vae_lr: float = 1e-3
+    lr: float = 5e-4
+    warmup_steps: int = 200
+    ema_decay: float = 0.999
+    p_uncond: float = 0.1
+    min_snr_gamma: float = 5.0
+    checkpoint_every: int = 250
+
+
+def scene_batch(seed: int, phase: int, step: int, n: int) -> tuple[torch.Tensor, list[str]]:
+    """Images in [-1, 1], shape (n, 3, 32, 32), and their captions; a pure function of its arguments."""
+    rng = np.random.default_rng([seed, phase, step])
+    images, captions = [], []
+    for _ in range(n):
+        objects, text = training_example(rng)
+        images.append(draw(objects).image)
+        captions.append(text)
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
+    return x * 2.0 - 1.0, captions
+
+
+def _generator(seed: int, phase: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(np.random.default_rng([seed, phase, step, 7]).integers(2**62)))
+
+
+def _lr_factor(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.1 + 0.9 * 0.5 * (1.0 + np.cos(np.pi * min(progress, 1.0)))
+
+
+class _State:
+    """Everything a checkpoint holds."""
+
+    def __init__(self, cfg: PretrainConfig):
+        torch.manual_seed(cfg.seed)
+        self.cfg = cfg
+        self.tokenizer = build_tokenizer()
+        self.vae = architecture.make_vae()
+        self.unet = architecture.make_unet()
+        self.text = architecture.make_text_encoder(self.tokenizer)
+        self.vae_opt = torch.optim.AdamW(self.vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+        params = [*self.unet.parameters(), *self.text.parameters()]
+        self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
+        self.ema_unet = EMAModel(self.unet.parameters(), decay=cfg.ema_decay)
+        self.ema_text = EMAModel(self.text.parameters(), decay=cfg.ema_decay)
+        self.vae_step = 0
+        self.unet_step = 0
+
+    def state_dict(self) -> dict:
+        return {
+            "config": dataclasses.asdict(self.cfg),
+            "vae_step": self.vae_step,
+            "unet_step": self.unet_step,
+            "scaling_factor": self.vae.config.scaling_factor,
+            "vae": self.vae.state_dict(),
+            "unet": self.unet.state_dict(),
+            "text": self.text.state_dict(),
+            "vae_opt": self.vae_opt.state_dict(),
+            "opt": self.opt.state_dict(),
+            "ema_unet": self.ema_unet.state_dict(),
+            "ema_text": self.ema_text.state_dict(),
+        }
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.vae_step, self.unet_step = sd["vae_step"], sd["unet_step"]
+        self.vae.register_to_config(scaling_factor=sd["scaling_factor"])
+        self.vae.load_state_dict(sd["vae"])
+        self.unet.load_state_dict(sd["unet"])
+        self.text.load_state_dict(sd["text"])
+        self.vae_opt.load_state_dict(sd["vae_opt"])
+        self.opt.load_state_dict(sd["opt"])
+        self.ema_unet.load_state_dict(sd["ema_unet"])
+        self.ema_text.load_state_dict(sd["ema_text"])
+
+
+def _save_checkpoint(out: Path, state: _State) -> None:
+    atomic.write_with(out / CHECKPOINT, lambda p: torch.save(state.state_dict(), p))
+
+
+def _load_checkpoint(out: Path, cfg: PretrainConfig) -> dict:
+    path = out / CHECKPOINT
+    if not path.is_file():
+        raise UserError(f"--resume: no checkpoint at {path}; start without --resume")
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # a truncated or foreign file
+        raise UserError(f"--resume: checkpoint {path} is unreadable ({exc}); delete it and start again") from exc
+    if sd.get("config") != dataclasses.asdict(cfg):
+        raise UserError(f"--resume: {path} was written with another configuration; use the same --seed and steps")
+    return sd
+
+
+def _train_vae(state: _State, deadline: float, out: Path) -> bool:
+    cfg, vae = state.cfg, state.vae
+    vae.train()
+    with progress_bar() as bar:
+        task = bar.add_task("VAE", total=cfg.vae_steps, completed=state.vae_step)
+        while state.vae_step < cfg.vae_steps:
+            if time.monotonic() > deadline:
+                return False
+            x, _ = scene_batch(cfg.seed, 0, state.vae_step, cfg.batch_size)
+            for group in state.vae_opt.param_groups:
+                group["lr"] = cfg.vae_lr * _lr_factor(state.vae_step, cfg.vae_steps, cfg.warmup_steps)
+            posterior = vae.encode(x).latent_dist
+            z = posterior.sample(generator=_generator(cfg.seed, 0, state.vae_step))
+            recon = vae.decode(z).sample
+            loss = F.l1_loss(recon, x) + F.mse_loss(recon, x) + 1e-6 * posterior.kl().mean()
+            state.vae_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            state.vae_opt.step()
+            state.vae_step += 1
+            bar.update(task, advance=1, description=f"VAE loss {loss.item():.4f}")
+            if state.vae_step % cfg.checkpoint_every == 0 or state.vae_step == cfg.vae_steps:
+                if state.vae_step == cfg.vae_steps:
+                    _set_scaling_factor(state)
+                _save_checkpoint(out, state)
+    return True
+
+
+@torch.no_grad()
+def _set_scaling_factor(state: _State) -> None:
+    """SD's convention: latents are multiplied by 1 / (their standard deviation) before diffusion."""
+    state.vae.eval()
+    x, _ = scene_batch(state.cfg.seed, 2, 0, 512)
+    z = state.vae.encode(x).latent_dist.sample(generator=_generator(state.cfg.seed, 2, 0))
+    state.vae.register_to_config(scaling_factor=float(1.0 / z.std()))
+
+
+def _train_unet(state: _State, deadline: float, out: Path) -> bool:
+    cfg, unet, text, vae, tok = state.cfg, state.unet, state.text, state.vae, state.tokenizer
+    vae.eval().requires_grad_(False)
+    unet.train()
+    text.train()
+    noise_schedule = DDPMScheduler(**architecture.SCHEDULE)
+    alphas = noise_schedule.alphas_cumprod
+    snr = alphas / (1 - alphas)
+    weights = torch.clamp(snr, max=cfg.min_snr_gamma) / snr
+    params = [*unet.parameters(), *text.parameters()]
+    with progress_bar() as bar:
+        task = bar.add_task("UNet", total=cfg.unet_steps, completed=state.unet_step)
+        while state.unet_step < cfg.unet_steps:
+            if time.monotonic() > deadline:
+                return False
+            step = state.unet_step
+            gen = _generator(cfg.seed, 1, step)
+            rng = np.random.default_rng([cfg.seed, 1, step, 1])
+            x, captions = scene_batch(cfg.seed, 1, step, cfg.batch_size)
+            captions = ["" if rng.random() < cfg.p_uncond else c for c in captions]
+            with torch.no_grad():
+                latents = vae.encode(x).latent_dist.sample(generator=gen) * vae.config.scaling_factor
+            ids = tok(captions, padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
+            noise = torch.randn(latents.shape, generator=gen)
+            t = torch.randint(0, noise_schedule.config.num_train_timesteps, (len(x),), generator=gen)
+            noisy = noise_schedule.add_noise(latents, noise, t)
+            pred = unet(noisy, t, text(ids)[0]).sample
+            per_sample = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
+            loss = (weights[t] * per_sample).mean()
+            for group in state.opt.param_groups:
+                group["lr"] = cfg.lr * _lr_factor(step, cfg.unet_steps, cfg.warmup_steps)
+            state.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            state.opt.step()
+            state.ema_unet.step(unet.parameters())
+            state.ema_text.step(text.parameters())
+            state.unet_step += 1
+            bar.update(task, advance=1, description=f"UNet loss {loss.item():.4f}")
+            if state.unet_step % cfg.checkpoint_every == 0 or state.unet_step == cfg.unet_steps:
+                _save_checkpoint(out, state)
+    return True
+
+
+def export_pipeline(state: _State, dest: Path) -> Path:
+    """Write the EMA weights as a standard diffusers folder (atomically: built beside ``dest``, then renamed)."""
+    state.ema_unet.copy_to(state.unet.parameters())
+    state.ema_text.copy_to(state.text.parameters())
+    pipe = architecture.assemble(state.vae, state.text, state.tokenizer, state.unet)
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    marker = {
+        "world": "shapes",
+        "format": 1,
+        "pretrain": dataclasses.asdict(state.cfg),
+        "trained": {"vae_steps": state.vae_step, "unet_steps": state.unet_step},
+    }
+    (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+    if dest.exists():
+        shutil.rmtree(dest)
+    tmp.rename(dest)
+    return dest
+
+
+def pretrain(out: Path, cfg: PretrainConfig, minutes: float | None = None, resume: bool = False) -> Path | None:
+    """Train (or resume) into ``out``; return the exported pipeline folder, or None if stopped by ``minutes``."""
+    out.mkdir(parents=True, exist_ok=True)
+    if not resume and (out / CHECKPOINT).exists():
+        raise UserError(f"{out} already holds a pretraining checkpoint; pass --resume to continue it")
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    state = _State(cfg)
+    if resume:
+        state.load_state_dict(_load_checkpoint(out, cfg))
+    atomic.write_json(out / "config.json", dataclasses.asdict(cfg))
+    deadline = time.monotonic() + (minutes * 60 if minutes else float("inf"))
+    if not _train_vae(state, deadline, out) or not _train_unet(state, deadline, out):
+        _save_checkpoint(out, state)
+        return None
+    return export_pipeline(state, out / "pipeline")
