@@ -18,14 +18,18 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from dfusion_bench.cli import world
+    """Attach every command group once (their modules import heavy libraries only inside commands)."""
+    from dfusion_bench.cli import templates, world
 
+    app.add_typer(templates.app, name="templates")
     app.add_typer(world.app, name="world")
+
+
+_register()
 
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: a :class:`UserError` becomes one line on stderr and exit code 2."""
-    _register()
     try:
         app(args=argv, standalone_mode=False)
     except UserError as exc:

@@ -1,0 +1,158 @@
+"""Fused sampling: re-denoise each base's seed as a target that attends to its reference inside the reference's mask.
+
+Cost per fused step and batch of targets: one UNet evaluation of the distinct references at their *stored* latents
+(the reference trajectory is replayed, never changed), which records their self-attention inputs and cross-attention
+maps, then one evaluation of the targets with fusion. The base is not simulated at all: the target takes the base's
+initial latent and per-step noise from the base's seed. With each reference serving two targets this is
+0.5 + 1 UNet evaluations per target-step (a CFG pair counting once), against 3 in the paper's code (reference, base,
+target). The target's stored log-probabilities are then recomputed under the *unmodified* policy — the fused network
+is not the policy — which costs one more evaluation per target-step, reported separately.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+
+from dfusion_bench.denoise import EvalCounter, encode_text, guided_output
+from dfusion_bench.fusion.config import FusionConfig
+from dfusion_bench.fusion.layers import default_mask_resolution, select_cross_attention, select_self_attention
+from dfusion_bench.fusion.masks import binarize, union
+from dfusion_bench.fusion.processors import FusionController, fusion_processors
+from dfusion_bench.fusion.tokens import word_token_positions
+from dfusion_bench.fusion.triples import Triple
+from dfusion_bench.sampling import decode, denoise, latent_shape, noise_stream, recompute_log_probs
+from dfusion_bench.trajectories import Trajectories
+
+
+class PromptItems(Protocol):
+    """What fusion needs to know of a prompt: its item words and their thresholds (None = auto)."""
+
+    prompt: str
+    items: tuple[str, ...]
+    thresholds: tuple[float | None, ...]
+
+
+@dataclass(frozen=True)
+class FusionPlan:
+    """The resolved layers and steps of a fusion run."""
+
+    fuse_layers: tuple[str, ...]
+    mask_layers: tuple[str, ...]
+    mask_resolution: int
+    fused_steps: tuple[int, ...]
+
+    @staticmethod
+    def resolve(unet: UNet2DConditionModel, config: FusionConfig, num_steps: int) -> FusionPlan:
+        resolution = config.mask_resolution or default_mask_resolution(unet)
+        return FusionPlan(
+            fuse_layers=tuple(select_self_attention(unet, config.fuse_layers)),
+            mask_layers=tuple(select_cross_attention(unet, resolution)),
+            mask_resolution=resolution,
+            fused_steps=tuple(range(config.skip_first_steps, num_steps)),
+        )
+
+
+@dataclass
+class FusionResult:
+    targets: Trajectories  # one per triple: prompt and seed of the base; log_probs under the unmodified policy
+    fused_log_probs: torch.Tensor  # (G, T) log-probs under the fused network (diagnostic only)
+    maps: torch.Tensor  # (G, T, items, h, w) the reference's cross-attention maps (zero at unfused steps)
+    masks: torch.Tensor  # (G, T, h, w) bool: the union mask used at each step
+    plan: FusionPlan
+    events: list[tuple[int, str]] = field(default_factory=list)  # (step, layer) of every fused call
+    unet_evals: dict[str, int] = field(default_factory=dict)  # images evaluated: reference, target, policy_log_probs
+
+    def evals_per_target_step(self, include_log_probs: bool = False) -> float:
+        n = len(self.targets) * len(self.targets.timesteps)
+        used = self.unet_evals["reference"] + self.unet_evals["target"]
+        if include_log_probs:
+            used += self.unet_evals["policy_log_probs"]
+        return used / n if n else 0.0
+
+
+def _item_tokens(pipe: StableDiffusionPipeline, entry: PromptItems) -> list[list[int]]:
+    return [word_token_positions(pipe.tokenizer, entry.prompt, word) for word in entry.items]
+
+
+def fuse_triples(
+    pipe: StableDiffusionPipeline,
+    samples: Trajectories,
+    triples: Sequence[Triple],
+    items: dict[str, PromptItems],
+    config: FusionConfig = FusionConfig(),
+    batch_size: int = 16,
+    unet: UNet2DConditionModel | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> FusionResult:
+    """One fused target per triple, denoised from the base's seed with the reference's keys and values."""
+    unet = unet or pipe.unet
+    cfg, timesteps = samples.config, samples.timesteps
+    plan = FusionPlan.resolve(unet, config, len(timesteps))
+    shape = latent_shape(pipe)
+    controller = FusionController(list(plan.fuse_layers), list(plan.mask_layers), shape[1:])
+    counter = EvalCounter()
+    evals = {"reference": 0, "target": 0, "policy_log_probs": 0}
+    parts, fused_lps, all_maps, all_masks = [], [], [], []
+    max_items = max(len(items[samples.prompts[t.reference]].items) for t in triples) if triples else 1
+    for start in range(0, len(triples), batch_size):
+        chunk = list(triples[start : start + batch_size])
+        ref_ids = list(dict.fromkeys(t.reference for t in chunk))
+        target_ref = torch.tensor([ref_ids.index(t.reference) for t in chunk])
+        refs = samples.select(ref_ids)
+        entries = [items[p] for p in refs.prompts]
+        tokens = [_item_tokens(pipe, e) for e in entries]
+        thresholds = [config.thresholds_for(e.thresholds) for e in entries]
+        text_ref = encode_text(pipe, refs.prompts)
+        prompts = [samples.prompts[t.base] for t in chunk]
+        seeds = [samples.seeds[t.base] for t in chunk]
+        text_tgt = encode_text(pipe, prompts)
+        noises = torch.stack([noise_stream(s, shape, cfg.num_steps) for s in seeds])
+        n_steps = len(timesteps)
+        maps = torch.zeros(len(chunk), n_steps, max_items, plan.mask_resolution, plan.mask_resolution)
+        masks = torch.zeros(len(chunk), n_steps, plan.mask_resolution, plan.mask_resolution, dtype=torch.bool)
+
+        def before_step(i: int) -> None:
+            if i not in plan.fused_steps:
+                controller.off()
+                return
+            before = counter.images
+            controller.begin_record(i, tokens)
+            guided_output(unet, refs.latents[:, i].to(pipe.device), int(timesteps[i]), text_ref, cfg.guidance_scale)
+            ref_maps = controller.finish_record().cpu()  # (R, items, h, w)
+            evals["reference"] += counter.images - before
+            ref_masks = torch.stack([union(binarize(ref_maps[r, : len(thr)], thr)) for r, thr in enumerate(thresholds)])
+            maps[:, i, : ref_maps.shape[1]] = ref_maps[target_ref]
+            masks[:, i] = ref_masks[target_ref]
+            controller.begin_fuse(i, ref_masks[target_ref], target_ref)
+
+        with counter.watch(unet), fusion_processors(unet, controller):
+            before, ref_before = counter.images, evals["reference"]
+            latents, fused_lp = denoise(pipe, text_tgt, noises, timesteps, cfg, unet=unet, before_step=before_step)
+            evals["target"] += counter.images - before - (evals["reference"] - ref_before)
+        parts.append(Trajectories(prompts, seeds, timesteps, latents, fused_lp, decode(pipe, latents[:, -1]), cfg))
+        fused_lps.append(fused_lp)
+        all_maps.append(maps)
+        all_masks.append(masks)
+        if on_batch is not None:
+            on_batch(len(chunk))
+    if not parts:
+        raise ValueError("no triples to fuse")
+    targets = Trajectories.cat(parts)
+    with counter.watch(unet):
+        before = counter.images
+        targets.log_probs = recompute_log_probs(pipe, targets, unet=unet, batch_size=batch_size)
+        evals["policy_log_probs"] = counter.images - before
+    return FusionResult(
+        targets=targets,
+        fused_log_probs=torch.cat(fused_lps),
+        maps=torch.cat(all_maps),
+        masks=torch.cat(all_masks),
+        plan=plan,
+        events=list(controller.events),
+        unet_evals=evals,
+    )

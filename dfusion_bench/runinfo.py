@@ -1,0 +1,63 @@
+"""Run folders: refuse to clobber, and record what reproduces the run (configuration, versions, seeds, command)."""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from dfusion_bench import atomic
+from dfusion_bench.errors import UserError
+
+PACKAGES = (
+    "dfusion-bench",
+    "torch",
+    "torchvision",
+    "diffusers",
+    "transformers",
+    "peft",
+    "accelerate",
+    "open_clip_torch",
+    "numpy",
+    "safetensors",
+)
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def prepare_out_dir(out: Path, overwrite: bool) -> Path:
+    """An empty output folder: refuse a non-empty one unless ``overwrite`` (which empties it first)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder path")
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise UserError(f"--out {out} is not empty; choose another folder or pass --overwrite")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def write_run_info(out: Path, command: str, config: dict[str, Any], seeds: dict[str, Any]) -> Path:
+    """``run.json``: the resolved configuration, package versions, seeds and the command line."""
+    info = {
+        "command": command,
+        "argv": sys.argv,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "config": config,
+        "seeds": seeds,
+        "versions": package_versions(),
+    }
+    return atomic.write_json(Path(out) / "run.json", info)

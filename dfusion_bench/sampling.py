@@ -1,0 +1,149 @@
+"""DDIM sampling with per-step log-probabilities, one random stream per sample.
+
+A sample's randomness is a pure function of its seed: :func:`noise_stream` draws its initial latent x_T and then the
+noise of every step from one ``torch.Generator`` seeded with it (on the CPU, so a seed means the same noise on every
+device). A sample is therefore reproduced whether it is drawn alone or in any batch — and D-Fusion's target, which
+starts from its base's seed, sees exactly the base's initial latent and per-step noise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+
+from dfusion_bench.denoise import TextConditioning, encode_text, guided_output
+from dfusion_bench.logprob import ddim_step, prev_timestep_of, require_stochastic
+from dfusion_bench.trajectories import SamplerConfig, Trajectories
+
+#: Called after each denoising step with the step index (0 = noisiest); used by fusion to advance its controller.
+StepHook = Callable[[int], None]
+
+
+def latent_shape(pipe: StableDiffusionPipeline) -> tuple[int, int, int]:
+    size = pipe.unet.config.sample_size
+    return (pipe.unet.config.in_channels, size, size)
+
+
+def noise_stream(seed: int, shape: tuple[int, ...], num_steps: int) -> torch.Tensor:
+    """x_T followed by the noise of each of ``num_steps`` steps, shape (num_steps + 1, *shape), float32 on CPU."""
+    gen = torch.Generator("cpu").manual_seed(int(seed))
+    return torch.stack([torch.randn(shape, generator=gen) for _ in range(num_steps + 1)])
+
+
+def timesteps_for(pipe: StableDiffusionPipeline, num_steps: int) -> torch.Tensor:
+    pipe.scheduler.set_timesteps(num_steps)
+    return pipe.scheduler.timesteps.clone().cpu()
+
+
+@torch.no_grad()
+def decode(pipe: StableDiffusionPipeline, latents: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1], float32 on CPU, from final latents."""
+    vae = pipe.vae
+    x = vae.decode(latents.to(pipe.device, vae.dtype) / vae.config.scaling_factor).sample
+    return ((x.float() + 1) / 2).clamp(0, 1).cpu()
+
+
+@torch.no_grad()
+def denoise(
+    pipe: StableDiffusionPipeline,
+    text: TextConditioning,
+    noises: torch.Tensor,
+    timesteps: torch.Tensor,
+    config: SamplerConfig,
+    unet: UNet2DConditionModel | None = None,
+    before_step: StepHook | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the DDIM chain for a batch; ``noises`` is (B, T + 1, C, h, w). Returns latents (B, T + 1, ...) and log-probs."""
+    unet = unet or pipe.unet
+    device = pipe.device
+    x = noises[:, 0].to(device) * pipe.scheduler.init_noise_sigma
+    latents, log_probs = [x.float().cpu()], []
+    for i, t in enumerate(timesteps.tolist()):
+        if before_step is not None:
+            before_step(i)
+        eps = guided_output(unet, x, t, text, config.guidance_scale)
+        x, logp = ddim_step(
+            pipe.scheduler,
+            eps,
+            t,
+            prev_timestep_of(timesteps, i),
+            x.float(),
+            config.eta,
+            noise=noises[:, i + 1].to(device),
+        )
+        latents.append(x.cpu())
+        log_probs.append(logp.cpu())
+    return torch.stack(latents, dim=1), torch.stack(log_probs, dim=1)
+
+
+def sample(
+    pipe: StableDiffusionPipeline,
+    prompts: list[str],
+    seeds: list[int],
+    config: SamplerConfig = SamplerConfig(),
+    batch_size: int = 16,
+    unet: UNet2DConditionModel | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> Trajectories:
+    """Sample one trajectory per (prompt, seed); ``on_batch(n)`` reports progress after each batch of n samples."""
+    if len(prompts) != len(seeds):
+        raise ValueError("one seed per prompt")
+    require_stochastic(config.eta)
+    timesteps = timesteps_for(pipe, config.num_steps)
+    shape = latent_shape(pipe)
+    parts = []
+    for start in range(0, len(prompts), batch_size):
+        chunk_prompts, chunk_seeds = prompts[start : start + batch_size], seeds[start : start + batch_size]
+        noises = torch.stack([noise_stream(s, shape, config.num_steps) for s in chunk_seeds])
+        text = encode_text(pipe, chunk_prompts)
+        latents, log_probs = denoise(pipe, text, noises, timesteps, config, unet=unet)
+        images = decode(pipe, latents[:, -1])
+        parts.append(Trajectories(chunk_prompts, list(chunk_seeds), timesteps, latents, log_probs, images, config))
+        if on_batch is not None:
+            on_batch(len(chunk_prompts))
+    return Trajectories.cat(parts)
+
+
+def recompute_log_probs(
+    pipe: StableDiffusionPipeline,
+    traj: Trajectories,
+    unet: UNet2DConditionModel | None = None,
+    batch_size: int = 16,
+) -> torch.Tensor:
+    """Per-step log-probs (B, T) of stored trajectories under ``unet`` (default: the pipeline's), without gradients."""
+    unet = unet or pipe.unet
+    out = []
+    for start in range(0, len(traj), batch_size):
+        part = traj.select(list(range(start, min(start + batch_size, len(traj)))))
+        text = encode_text(pipe, part.prompts)
+        with torch.no_grad():
+            out.append(
+                torch.stack(
+                    [
+                        transition_log_prob(pipe, unet, text, part.latents, part.timesteps, i, part.config).cpu()
+                        for i in range(len(part.timesteps))
+                    ],
+                    dim=1,
+                )
+            )
+    return torch.cat(out)
+
+
+def transition_log_prob(
+    pipe: StableDiffusionPipeline,
+    unet: UNet2DConditionModel,
+    text: TextConditioning,
+    latents: torch.Tensor,
+    timesteps: torch.Tensor,
+    index: int,
+    config: SamplerConfig,
+) -> torch.Tensor:
+    """log p(x_{t-1} | x_t, c) of step ``index`` of stored latents (B, T + 1, ...), differentiable w.r.t. ``unet``."""
+    device = pipe.device
+    x_t, x_prev = latents[:, index].to(device), latents[:, index + 1].to(device)
+    t = int(timesteps[index])
+    eps = guided_output(unet, x_t, t, text, config.guidance_scale)
+    _, logp = ddim_step(pipe.scheduler, eps, t, prev_timestep_of(timesteps, index), x_t, config.eta, x_prev=x_prev)
+    return logp
