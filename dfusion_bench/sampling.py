@@ -55,7 +55,7 @@ def denoise(
     unet: UNet2DConditionModel | None = None,
     before_step: StepHook | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run the DDIM chain for a batch; ``noises`` is (B, T + 1, C, h, w). Returns latents (B, T + 1, ...) and log-probs."""
+    """Run the DDIM chain from noise streams (B, T + 1, C, h, w); return latents (B, T + 1, ...) and log-probs."""
     unet = unet or pipe.unet
     device = pipe.device
     x = noises[:, 0].to(device) * pipe.scheduler.init_noise_sigma

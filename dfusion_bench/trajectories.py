@@ -100,5 +100,7 @@ class Trajectories:
                 images=tensors["images"],
                 config=SamplerConfig(**json.loads(meta["config"])),
             )
-        except (OSError, KeyError, ValueError, TypeError) as exc:
-            raise UserError(f"{path} is not a readable trajectories file ({exc}); re-run the command that wrote it")
+        except Exception as exc:  # safetensors raises its own error types on corrupt files
+            raise UserError(
+                f"{path} is not a readable trajectories file ({exc}); re-run the command that wrote it"
+            ) from None

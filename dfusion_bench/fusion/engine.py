@@ -79,6 +79,44 @@ def _item_tokens(pipe: StableDiffusionPipeline, entry: PromptItems) -> list[list
     return [word_token_positions(pipe.tokenizer, entry.prompt, word) for word in entry.items]
 
 
+class _ReferencePass:
+    """Before each fused step of a batch of targets: replay the references at that step, then arm the fusion."""
+
+    def __init__(
+        self,
+        pipe: StableDiffusionPipeline,
+        unet: UNet2DConditionModel,
+        controller: FusionController,
+        plan: FusionPlan,
+        refs: Trajectories,
+        entries: list[PromptItems],
+        config: FusionConfig,
+        target_ref: torch.Tensor,
+        max_items: int,
+    ):
+        self.pipe, self.unet, self.controller, self.plan, self.refs = pipe, unet, controller, plan, refs
+        self.tokens = [_item_tokens(pipe, e) for e in entries]
+        self.thresholds = [config.thresholds_for(e.thresholds) for e in entries]
+        self.text = encode_text(pipe, refs.prompts)
+        self.target_ref = target_ref
+        side, n_steps, n = plan.mask_resolution, len(refs.timesteps), len(target_ref)
+        self.maps = torch.zeros(n, n_steps, max_items, side, side)
+        self.masks = torch.zeros(n, n_steps, side, side, dtype=torch.bool)
+
+    def __call__(self, i: int) -> None:
+        if i not in self.plan.fused_steps:
+            self.controller.off()
+            return
+        self.controller.begin_record(i, self.tokens)
+        latents = self.refs.latents[:, i].to(self.pipe.device)
+        guided_output(self.unet, latents, int(self.refs.timesteps[i]), self.text, self.refs.config.guidance_scale)
+        ref_maps = self.controller.finish_record().cpu()  # (R, items, h, w)
+        ref_masks = torch.stack([union(binarize(ref_maps[r, : len(t)], t)) for r, t in enumerate(self.thresholds)])
+        self.maps[:, i, : ref_maps.shape[1]] = ref_maps[self.target_ref]
+        self.masks[:, i] = ref_masks[self.target_ref]
+        self.controller.begin_fuse(i, ref_masks[self.target_ref], self.target_ref)
+
+
 def fuse_triples(
     pipe: StableDiffusionPipeline,
     samples: Trajectories,
@@ -90,69 +128,61 @@ def fuse_triples(
     on_batch: Callable[[int], None] | None = None,
 ) -> FusionResult:
     """One fused target per triple, denoised from the base's seed with the reference's keys and values."""
+    if not triples:
+        raise ValueError("no triples to fuse")
     unet = unet or pipe.unet
     cfg, timesteps = samples.config, samples.timesteps
     plan = FusionPlan.resolve(unet, config, len(timesteps))
     shape = latent_shape(pipe)
     controller = FusionController(list(plan.fuse_layers), list(plan.mask_layers), shape[1:])
-    counter = EvalCounter()
-    evals = {"reference": 0, "target": 0, "policy_log_probs": 0}
-    parts, fused_lps, all_maps, all_masks = [], [], [], []
-    max_items = max(len(items[samples.prompts[t.reference]].items) for t in triples) if triples else 1
+    ref_counter, all_counter = EvalCounter(), EvalCounter()
+    max_items = max(len(items[samples.prompts[t.reference]].items) for t in triples)
+    parts, fused_lps, maps, masks = [], [], [], []
     for start in range(0, len(triples), batch_size):
         chunk = list(triples[start : start + batch_size])
         ref_ids = list(dict.fromkeys(t.reference for t in chunk))
         target_ref = torch.tensor([ref_ids.index(t.reference) for t in chunk])
         refs = samples.select(ref_ids)
         entries = [items[p] for p in refs.prompts]
-        tokens = [_item_tokens(pipe, e) for e in entries]
-        thresholds = [config.thresholds_for(e.thresholds) for e in entries]
-        text_ref = encode_text(pipe, refs.prompts)
+        reference_pass = _ReferencePass(pipe, unet, controller, plan, refs, entries, config, target_ref, max_items)
         prompts = [samples.prompts[t.base] for t in chunk]
         seeds = [samples.seeds[t.base] for t in chunk]
-        text_tgt = encode_text(pipe, prompts)
         noises = torch.stack([noise_stream(s, shape, cfg.num_steps) for s in seeds])
-        n_steps = len(timesteps)
-        maps = torch.zeros(len(chunk), n_steps, max_items, plan.mask_resolution, plan.mask_resolution)
-        masks = torch.zeros(len(chunk), n_steps, plan.mask_resolution, plan.mask_resolution, dtype=torch.bool)
-
-        def before_step(i: int) -> None:
-            if i not in plan.fused_steps:
-                controller.off()
-                return
-            before = counter.images
-            controller.begin_record(i, tokens)
-            guided_output(unet, refs.latents[:, i].to(pipe.device), int(timesteps[i]), text_ref, cfg.guidance_scale)
-            ref_maps = controller.finish_record().cpu()  # (R, items, h, w)
-            evals["reference"] += counter.images - before
-            ref_masks = torch.stack([union(binarize(ref_maps[r, : len(thr)], thr)) for r, thr in enumerate(thresholds)])
-            maps[:, i, : ref_maps.shape[1]] = ref_maps[target_ref]
-            masks[:, i] = ref_masks[target_ref]
-            controller.begin_fuse(i, ref_masks[target_ref], target_ref)
-
-        with counter.watch(unet), fusion_processors(unet, controller):
-            before, ref_before = counter.images, evals["reference"]
-            latents, fused_lp = denoise(pipe, text_tgt, noises, timesteps, cfg, unet=unet, before_step=before_step)
-            evals["target"] += counter.images - before - (evals["reference"] - ref_before)
+        text = encode_text(pipe, prompts)
+        with all_counter.watch(unet), fusion_processors(unet, controller):
+            with_refs = _counting(reference_pass, ref_counter, unet)
+            latents, fused_lp = denoise(pipe, text, noises, timesteps, cfg, unet=unet, before_step=with_refs)
         parts.append(Trajectories(prompts, seeds, timesteps, latents, fused_lp, decode(pipe, latents[:, -1]), cfg))
         fused_lps.append(fused_lp)
-        all_maps.append(maps)
-        all_masks.append(masks)
+        maps.append(reference_pass.maps)
+        masks.append(reference_pass.masks)
         if on_batch is not None:
             on_batch(len(chunk))
-    if not parts:
-        raise ValueError("no triples to fuse")
     targets = Trajectories.cat(parts)
-    with counter.watch(unet):
-        before = counter.images
+    policy_counter = EvalCounter()
+    with policy_counter.watch(unet):
         targets.log_probs = recompute_log_probs(pipe, targets, unet=unet, batch_size=batch_size)
-        evals["policy_log_probs"] = counter.images - before
+    evals = {
+        "reference": ref_counter.images,
+        "target": all_counter.images - ref_counter.images,
+        "policy_log_probs": policy_counter.images,
+    }
     return FusionResult(
         targets=targets,
         fused_log_probs=torch.cat(fused_lps),
-        maps=torch.cat(all_maps),
-        masks=torch.cat(all_masks),
+        maps=torch.cat(maps),
+        masks=torch.cat(masks),
         plan=plan,
         events=list(controller.events),
         unet_evals=evals,
     )
+
+
+def _counting(hook: Callable[[int], None], counter: EvalCounter, unet: UNet2DConditionModel) -> Callable[[int], None]:
+    """``hook`` with the UNet evaluations it makes added to ``counter``."""
+
+    def counted(i: int) -> None:
+        with counter.watch(unet):
+            hook(i)
+
+    return counted

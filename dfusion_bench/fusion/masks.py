@@ -35,7 +35,7 @@ def otsu_threshold(values: torch.Tensor) -> float:
 
 
 def binarize(maps: torch.Tensor, thresholds: list[float | None]) -> torch.Tensor:
-    """Per-item masks (items, h, w) from maps (items, h, w): ``map > threshold``, or Otsu where the threshold is None."""
+    """Per-item masks (items, h, w) from maps (items, h, w): ``map > threshold`` (Otsu's where it is None)."""
     if maps.shape[0] != len(thresholds):
         raise ValueError(f"{maps.shape[0]} maps but {len(thresholds)} thresholds")
     out = torch.zeros_like(maps, dtype=torch.bool)

@@ -71,7 +71,9 @@ def _apart(a: PlacedObject, b: PlacedObject) -> bool:
     return abs(a.cx - b.cx) >= reach or abs(a.cy - b.cy) >= reach
 
 
-def relation_holds(relation: str, first: tuple[float, float], second: tuple[float, float], dominance: float = 1.0) -> bool:
+def relation_holds(
+    relation: str, first: tuple[float, float], second: tuple[float, float], dominance: float = 1.0
+) -> bool:
     """Whether ``first <relation> second`` for two centers: the displacement's dominant axis and sign match.
 
     With ``dominance`` 1 the four relations partition the plane (chance is 25% for random placements).
@@ -90,7 +92,9 @@ def layout(spec: SceneSpec, rng: np.random.Generator, max_tries: int = 10_000) -
         for shape, color, size in attrs:
             radius = float(rng.uniform(*RADIUS_RANGE[size]))
             lo, hi = radius + 1.0, IMAGE_SIZE - radius - 1.0
-            placed.append(PlacedObject(shape, color, size, float(rng.uniform(lo, hi)), float(rng.uniform(lo, hi)), radius))
+            placed.append(
+                PlacedObject(shape, color, size, float(rng.uniform(lo, hi)), float(rng.uniform(lo, hi)), radius)
+            )
         if len(placed) == 2:
             if not _apart(placed[0], placed[1]):
                 continue

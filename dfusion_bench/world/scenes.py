@@ -50,9 +50,7 @@ def caption(objects: tuple[PlacedObject, ...], rng: np.random.Generator) -> str:
     first, second = (objects[i] for i in order)
     relation = None
     if rng.random() < P_RELATION_CAPTION:
-        clear = [
-            r for r in RELATIONS if relation_holds(r, (first.cx, first.cy), (second.cx, second.cy), DOMINANCE)
-        ]
+        clear = [r for r in RELATIONS if relation_holds(r, (first.cx, first.cy), (second.cx, second.cy), DOMINANCE)]
         relation = clear[0] if clear else None
     return format_prompt(SceneSpec(objects=tuple(mentions[i] for i in order), relation=relation))
 
