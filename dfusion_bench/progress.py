@@ -15,3 +15,11 @@ def progress_bar(transient: bool = False) -> Progress:
         TimeRemainingColumn(),
         transient=transient,
     )
+
+
+def advance_callback(progress: Progress | None, description: str, total: int):
+    """A task on ``progress`` and a callback ``advance(n)`` for it; a no-op callback when ``progress`` is None."""
+    if progress is None:
+        return lambda n=1: None
+    task = progress.add_task(description, total=total)
+    return lambda n=1: progress.advance(task, n)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import platform
 import shutil
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -37,17 +40,33 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def prepare_out_dir(out: Path, overwrite: bool) -> Path:
-    """An empty output folder: refuse a non-empty one unless ``overwrite`` (which empties it first)."""
+def check_out_dir(out: Path, overwrite: bool) -> Path:
+    """Refuse an output folder that is a file, or not empty without ``overwrite``. Call before any work."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a folder path")
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise UserError(f"--out {out} is not empty; choose another folder or pass --overwrite")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise UserError(f"--out {out} is not empty; choose another folder or pass --overwrite")
     return out
+
+
+@contextmanager
+def staged_dir(out: Path, overwrite: bool) -> Iterator[Path]:
+    """A fresh folder beside ``out`` to write into; moved into place only if the block succeeds.
+
+    A crash or an interrupt leaves ``out`` as it was (no partial output); the staging folder is removed.
+    """
+    out = check_out_dir(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        yield stage
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    stage.rename(out)
 
 
 def write_run_info(out: Path, command: str, config: dict[str, Any], seeds: dict[str, Any]) -> Path:
