@@ -67,7 +67,7 @@ def sample_and_score(
     label: str = "sampling",
 ) -> ScoredSamples:
     """``seeds[p][k]`` is the seed of sample k of entry p."""
-    prompts = [e.prompt for e, row in zip(entries, seeds) for _ in row]
+    prompts = [e.prompt for e, row in zip(entries, seeds, strict=True) for _ in row]
     flat = [s for row in seeds for s in row]
     advance = advance_callback(progress, label, len(flat))
     traj = sample(pipe, prompts, flat, sampler, batch_size=batch_size, unet=unet, on_batch=advance)
