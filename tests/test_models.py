@@ -302,6 +302,13 @@ def test_refuses_broken_components(tmp_path: Path, tiny_dir: Path) -> None:
     (no_tokenizer / "tokenizer").mkdir()
     assert "neither tokenizer.json" in _refusal(no_tokenizer)
 
+    other_tokenizer = _copy(tiny_dir, tmp_path, "other_tokenizer")  # e.g. the shapes world's 16-token-wide BPE
+    shutil.rmtree(other_tokenizer / "tokenizer")
+    from dfusion_bench.world.tokenizer import build_tokenizer
+
+    build_tokenizer().save_pretrained(other_tokenizer / "tokenizer")
+    assert "but the text encoder 49408" in _refusal(other_tokenizer)
+
     mixed = _copy(tiny_dir, tmp_path, "mixed")
     _edit_json(mixed / "unet" / "config.json", cross_attention_dim=64)
     assert "text encoder is 32 wide but the UNet's cross-attention expects 64" in _refusal(mixed)

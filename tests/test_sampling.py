@@ -1,0 +1,41 @@
+"""Seeds: a sample is the same alone or in a batch; trajectories round-trip through safetensors."""
+
+from __future__ import annotations
+
+import torch
+
+from dfusion_bench.sampling import noise_stream, sample
+from dfusion_bench.trajectories import SamplerConfig, Trajectories
+
+CFG = SamplerConfig(num_steps=8)
+
+
+def test_sample_alone_equals_sample_in_batch(tiny_pipe) -> None:
+    prompts = ["a cat eating a sandwich", "a black and woolen bus", "a dog"]
+    batch = sample(tiny_pipe, prompts, [11, 12, 13], CFG)
+    alone = sample(tiny_pipe, [prompts[1]], [12], CFG)
+    assert torch.equal(batch.latents[1, 0], alone.latents[0, 0])  # same initial noise, bit for bit
+    scale = batch.latents[1].abs().amax(dim=(1, 2, 3), keepdim=True).clamp(min=1.0)
+    assert ((batch.latents[1] - alone.latents[0]).abs() / scale).max() < 1e-5
+    assert (batch.log_probs[1] - alone.log_probs[0]).abs().max() < 1e-5
+
+
+def test_different_seeds_differ(tiny_pipe) -> None:
+    a = sample(tiny_pipe, ["a dog"], [1], CFG)
+    b = sample(tiny_pipe, ["a dog"], [2], CFG)
+    assert not torch.allclose(a.latents[0, -1], b.latents[0, -1])
+
+
+def test_noise_stream_is_a_pure_function_of_the_seed() -> None:
+    assert torch.equal(noise_stream(5, (4, 8, 8), 3), noise_stream(5, (4, 8, 8), 3))
+    assert not torch.equal(noise_stream(5, (4, 8, 8), 3), noise_stream(6, (4, 8, 8), 3))
+
+
+def test_trajectories_round_trip(tiny_pipe, tmp_path) -> None:
+    traj = sample(tiny_pipe, ["a dog", "a cat"], [1, 2], SamplerConfig(num_steps=3))
+    path = traj.save(tmp_path / "t.safetensors")
+    back = Trajectories.load(path)
+    assert back.prompts == traj.prompts and back.seeds == traj.seeds and back.config == traj.config
+    for name in ("timesteps", "latents", "log_probs", "images"):
+        assert torch.equal(getattr(back, name), getattr(traj, name))
+    assert back.latents.shape == (2, 4, *traj.latents.shape[2:])
