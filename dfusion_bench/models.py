@@ -107,7 +107,8 @@ def _weights_variant(path: Path) -> str | None:
         return None
     if common:
         return sorted(common, key=str)[0]
-    raise UserError(f"{path}: the components' weights are saved in different variants {variants}; re-save the pipeline")
+    saved = "; ".join(f"{n}: {', '.join(sorted(v or 'standard' for v in vs))}" for n, vs in variants.items())
+    raise UserError(f"{path}: the components' weights are saved in different variants ({saved}); re-save the pipeline")
 
 
 def _has_cross_attention(unet_config: dict[str, Any]) -> bool:
@@ -120,7 +121,7 @@ def _has_cross_attention(unet_config: dict[str, Any]) -> bool:
     for key in ("down_block_types", "mid_block_type", "up_block_types"):
         value = unet_config[key] if key in unet_config else defaults[key].default
         blocks += value if isinstance(value, list | tuple) else [value]
-    return True
+    return any("CrossAttn" in str(block) for block in blocks)
 
 
 def _no_cross_attention(path: Path, unet_class: str) -> str:

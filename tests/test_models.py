@@ -347,7 +347,7 @@ def test_loads_fp16_variant_and_ignores_safety_checker(tmp_path: Path, tiny_dir:
     (real / "vae" / "diffusion_pytorch_model.fp16.safetensors").rename(
         real / "vae" / "diffusion_pytorch_model.safetensors"
     )
-    assert "different variants" in _refusal(real)
+    assert "different variants (unet: fp16; vae: standard; text_encoder: fp16)" in _refusal(real)
 
 
 def test_embedded_model_resolution(tmp_path: Path, tiny_dir: Path, monkeypatch) -> None:
