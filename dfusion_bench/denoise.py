@@ -41,9 +41,10 @@ def guided_output(
     unet: UNet2DConditionModel, latents: torch.Tensor, timestep: int, text: TextConditioning, guidance_scale: float
 ) -> torch.Tensor:
     """The guided model output for a batch of latents at one timestep, in float32."""
-    x = torch.cat([latents, latents]).to(unet.dtype)
+    dtype = next(unet.parameters()).dtype  # works for a distributed wrapper too
+    x = torch.cat([latents, latents]).to(dtype)
     t = torch.full((x.shape[0],), int(timestep), device=x.device, dtype=torch.long)
-    out = unet(x, t, encoder_hidden_states=text.stacked().to(unet.dtype)).sample.float()
+    out = unet(x, t, encoder_hidden_states=text.stacked().to(dtype)).sample.float()
     uncond, cond = out.chunk(2)
     return uncond + guidance_scale * (cond - uncond)
 

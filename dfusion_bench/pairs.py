@@ -6,12 +6,14 @@ prompts → trajectories → scores → triples → fused targets (and their sco
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import numpy as np
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from rich.progress import Progress
 
+from dfusion_bench.distributed import SINGLE, Distributor
 from dfusion_bench.fusion import FusionConfig, FusionResult, Triple, fuse_triples, select_triples
 from dfusion_bench.progress import advance_callback
 from dfusion_bench.sampling import sample
@@ -28,6 +30,7 @@ class ScoredSamples:
     trajectories: Trajectories
     scores: Scores
     groups: list[list[int]]  # sample indices of each entry
+    timing: dict[str, float] = field(default_factory=dict)  # sampling_s, scoring_s (this process)
 
     def prompt_index(self) -> np.ndarray:
         out = np.zeros(len(self.trajectories), dtype=int)
@@ -55,6 +58,15 @@ def score_trajectories(scorer: Scorer, traj: Trajectories, batch_size: int = 64)
     return Scores.concat(parts)
 
 
+def _split(traj: Trajectories, scores: Scores) -> list[tuple[Trajectories, Scores]]:
+    """One (trajectory, score) record per sample, for gathering across processes."""
+    return [(traj.select([i]), scores.select([i])) for i in range(len(traj))]
+
+
+def _join(records: list[tuple[Trajectories, Scores]]) -> tuple[Trajectories, Scores]:
+    return Trajectories.cat([r[0] for r in records]), Scores.concat([r[1] for r in records])
+
+
 def sample_and_score(
     pipe: StableDiffusionPipeline,
     scorer: Scorer,
@@ -65,17 +77,23 @@ def sample_and_score(
     unet: UNet2DConditionModel | None = None,
     progress: Progress | None = None,
     label: str = "sampling",
+    dist: Distributor = SINGLE,
 ) -> ScoredSamples:
-    """``seeds[p][k]`` is the seed of sample k of entry p."""
-    prompts = [e.prompt for e, row in zip(entries, seeds, strict=True) for _ in row]
-    flat = [s for row in seeds for s in row]
-    advance = advance_callback(progress, label, len(flat))
-    traj = sample(pipe, prompts, flat, sampler, batch_size=batch_size, unet=unet, on_batch=advance)
+    """``seeds[p][k]`` is the seed of sample k of entry p; with several processes each samples its share."""
+    work = [(e.prompt, s) for e, row in zip(entries, seeds, strict=True) for s in row]
+    local = dist.shard(work)
+    advance = advance_callback(progress, label, len(local))
+    t0 = time.perf_counter()
+    traj = sample(pipe, [w[0] for w in local], [w[1] for w in local], sampler, batch_size, unet=unet, on_batch=advance)
+    t1 = time.perf_counter()
+    local_scores = score_trajectories(scorer, traj)
+    timing = {"sampling_s": t1 - t0, "scoring_s": time.perf_counter() - t1}
+    traj, scores = _join(dist.gather(_split(traj, local_scores)))
     groups, start = [], 0
     for row in seeds:
         groups.append(list(range(start, start + len(row))))
         start += len(row)
-    return ScoredSamples(entries, traj, score_trajectories(scorer, traj), groups)
+    return ScoredSamples(entries, traj, scores, groups, timing)
 
 
 def build_pairs(
@@ -87,14 +105,39 @@ def build_pairs(
     batch_size: int = 16,
     unet: UNet2DConditionModel | None = None,
     progress: Progress | None = None,
+    dist: Distributor = SINGLE,
 ) -> Pairs:
     """Rank and pair the samples; with ``fuse``, also denoise and score a D-Fusion target per triple."""
     triples = select_triples(samples.groups, samples.scores.scores, fusion.reference_fraction, fusion.reference_uses)
     if not fuse or not triples:
         return Pairs(samples, triples)
     items = {e.prompt: e for e in samples.entries}
-    advance = advance_callback(progress, "fusing targets", len(triples))
-    result = fuse_triples(
-        pipe, samples.trajectories, triples, items, fusion, batch_size=batch_size, unet=unet, on_batch=advance
+    local = dist.shard(triples)
+    advance = advance_callback(progress, "fusing targets", len(local))
+    result = (
+        fuse_triples(
+            pipe, samples.trajectories, local, items, fusion, batch_size=batch_size, unet=unet, on_batch=advance
+        )
+        if local
+        else None
     )
-    return Pairs(samples, triples, result, score_trajectories(scorer, result.targets))
+    local_scores = score_trajectories(scorer, result.targets) if result is not None else None
+    parts = dist.gather([(result, local_scores)])
+    if dist.world == 1:
+        return Pairs(samples, triples, result, local_scores)
+    return _gathered_pairs(samples, triples, parts, dist)
+
+
+def _gathered_pairs(
+    samples: ScoredSamples,
+    triples: list[Triple],
+    parts: list[tuple[FusionResult | None, Scores | None]],
+    dist: Distributor,
+) -> Pairs:
+    """Reassemble per-process fusion results (rank r fused triples r, r + world, ...) in triple order."""
+    records = []
+    for i in range(len(triples)):
+        result, scores = parts[i % dist.world]
+        records.append((result.select([i // dist.world]), scores.select([i // dist.world])))
+    fused = FusionResult.cat([r[0] for r in records], evals=[p[0].unet_evals for p in parts if p[0] is not None])
+    return Pairs(samples, triples, fused, Scores.concat([r[1] for r in records]))

@@ -5,8 +5,8 @@ from __future__ import annotations
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
-def progress_bar(transient: bool = False) -> Progress:
-    """A progress display; use as a context manager and add one task per loop."""
+def progress_bar(transient: bool = False, disable: bool = False) -> Progress:
+    """A progress display; use as a context manager and add one task per loop (``disable``: other processes)."""
     return Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
@@ -14,6 +14,7 @@ def progress_bar(transient: bool = False) -> Progress:
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         transient=transient,
+        disable=disable,
     )
 
 

@@ -131,6 +131,27 @@ def recompute_log_probs(
     return torch.cat(out)
 
 
+def transition(
+    pipe: StableDiffusionPipeline,
+    unet: UNet2DConditionModel,
+    text: TextConditioning,
+    latents: torch.Tensor,
+    timesteps: torch.Tensor,
+    index: int,
+    config: SamplerConfig,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Guided model output and log p(x_{t-1} | x_t, c) of step ``index`` of stored latents (B, T + 1, ...).
+
+    Differentiable with respect to ``unet`` (which may be wrapped for distributed training).
+    """
+    device = pipe.device
+    x_t, x_prev = latents[:, index].to(device), latents[:, index + 1].to(device)
+    t = int(timesteps[index])
+    eps = guided_output(unet, x_t, t, text, config.guidance_scale)
+    _, logp = ddim_step(pipe.scheduler, eps, t, prev_timestep_of(timesteps, index), x_t, config.eta, x_prev=x_prev)
+    return eps, logp
+
+
 def transition_log_prob(
     pipe: StableDiffusionPipeline,
     unet: UNet2DConditionModel,
@@ -140,10 +161,5 @@ def transition_log_prob(
     index: int,
     config: SamplerConfig,
 ) -> torch.Tensor:
-    """log p(x_{t-1} | x_t, c) of step ``index`` of stored latents (B, T + 1, ...), differentiable w.r.t. ``unet``."""
-    device = pipe.device
-    x_t, x_prev = latents[:, index].to(device), latents[:, index + 1].to(device)
-    t = int(timesteps[index])
-    eps = guided_output(unet, x_t, t, text, config.guidance_scale)
-    _, logp = ddim_step(pipe.scheduler, eps, t, prev_timestep_of(timesteps, index), x_t, config.eta, x_prev=x_prev)
-    return logp
+    """log p(x_{t-1} | x_t, c) of step ``index`` of stored latents (B, T + 1, ...)."""
+    return transition(pipe, unet, text, latents, timesteps, index, config)[1]

@@ -67,6 +67,31 @@ class FusionResult:
     events: list[tuple[int, str]] = field(default_factory=list)  # (step, layer) of every fused call
     unet_evals: dict[str, int] = field(default_factory=dict)  # images evaluated: reference, target, policy_log_probs
 
+    def select(self, index: list[int]) -> FusionResult:
+        """The targets at ``index`` (events and evaluation counts are per run and are kept as they are)."""
+        return FusionResult(
+            self.targets.select(index),
+            self.fused_log_probs[index],
+            self.maps[index],
+            self.masks[index],
+            self.plan,
+            self.events,
+            self.unet_evals,
+        )
+
+    @staticmethod
+    def cat(parts: list[FusionResult], evals: list[dict[str, int]]) -> FusionResult:
+        """Targets of several results in order; evaluation counts summed over ``evals`` (one per process)."""
+        return FusionResult(
+            Trajectories.cat([p.targets for p in parts]),
+            torch.cat([p.fused_log_probs for p in parts]),
+            torch.cat([p.maps for p in parts]),
+            torch.cat([p.masks for p in parts]),
+            parts[0].plan,
+            parts[0].events,
+            {k: sum(e[k] for e in evals) for k in evals[0]},
+        )
+
     def evals_per_target_step(self, include_log_probs: bool = False) -> float:
         n = len(self.targets) * len(self.targets.timesteps)
         used = self.unet_evals["reference"] + self.unet_evals["target"]

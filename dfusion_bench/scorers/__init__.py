@@ -55,6 +55,13 @@ def _clip_scorer(**options: Any) -> Scorer:
     return ClipScorer(**options)
 
 
+@register_scorer("compressibility")
+def _compressibility_scorer(**options: Any) -> Scorer:
+    from dfusion_bench.scorers.compressibility import CompressibilityScorer
+
+    return CompressibilityScorer(**options)
+
+
 @register_scorer("verifier")
 def _verifier_scorer(**options: Any) -> Scorer:
     from dfusion_bench.scorers.verifier import VerifierScorer

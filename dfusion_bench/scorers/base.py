@@ -37,6 +37,12 @@ class Scores:
     def __len__(self) -> int:
         return len(self.scores)
 
+    def select(self, index: list[int]) -> Scores:
+        """The scores of the images at ``index``."""
+        idx = np.asarray(index, dtype=int)
+        aligned = None if self.aligned is None else self.aligned[idx]
+        return Scores(self.scores[idx], aligned, [self.details[i] for i in idx.tolist()])
+
     @staticmethod
     def concat(parts: list[Scores]) -> Scores:
         """One ``Scores`` from consecutive batches of the same scorer."""

@@ -1,0 +1,120 @@
+"""``dfusion train``: fine-tune with DPO, DDPO or PG, with or without D-Fusion; resumable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import typer
+
+from dfusion_bench.cli import options as o
+from dfusion_bench.errors import UserError
+
+
+def _explicit(ctx: click.Context) -> set[str]:
+    """Names of the options the user actually gave (not defaults)."""
+    return {
+        name for name in ctx.params if ctx.get_parameter_source(name) not in (click.core.ParameterSource.DEFAULT, None)
+    }
+
+
+def train(
+    ctx: typer.Context,
+    method: str = typer.Option(
+        ..., "--method", help="dpo (D3PO), ddpo (PPO) or pg (REINFORCE; DPOK with --kl-weight)."
+    ),
+    fusion: bool = typer.Option(False, "--fusion/--no-fusion", help="Train on D-Fusion targets (the paper's method)."),
+    template: str = typer.Option("shapes-objects", "--template", help="Prompt suite (dfusion templates list)."),
+    out: Path = typer.Option(None, "--out", help="Run folder. Default: runs/METHOD-fusion|plain-TEMPLATE-sSEED."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its latest checkpoint."),
+    overwrite: o.Overwrite = False,
+    model: o.Model = None,
+    epochs: int = typer.Option(4, "--epochs", min=1, help="Epochs (each: sample, pair, update, evaluate)."),
+    prompts: int = typer.Option(8, "--prompts", min=1, help="Use the first K prompts of each split."),
+    samples_per_prompt: int = typer.Option(8, "--samples-per-prompt", min=2, help="Training samples per prompt."),
+    scorer: o.Scorer = None,
+    clip_model: o.ClipModel = "ViT-H-14",
+    clip_checkpoint: o.ClipCheckpoint = None,
+    seed: o.Seed = 0,
+    eval_every: int = typer.Option(1, "--eval-every", min=1, help="Evaluate on train and test every k epochs."),
+    eval_samples_per_prompt: int = typer.Option(4, "--eval-samples-per-prompt", min=1, help="Fixed-seed eval samples."),
+    lr: float = typer.Option(None, "--lr", help="Learning rate. Default: the method's (dpo 3e-5, ddpo/pg 3e-4)."),
+    inner_epochs: int = typer.Option(1, "--inner-epochs", min=1, help="Passes over each epoch's data."),
+    train_batch_size: int = typer.Option(8, "--train-batch-size", min=1, help="Examples per optimizer step."),
+    timestep_fraction: float = typer.Option(1.0, "--timestep-fraction", help="Fraction of steps trained on."),
+    beta: float = typer.Option(0.1, "--beta", help="dpo: beta (D3PO 0.1)."),
+    dpo_eps: float = typer.Option(0.1, "--dpo-eps", help="dpo: ratio clip epsilon (D3PO 0.1)."),
+    clip_range: float = typer.Option(1e-4, "--clip-range", help="ddpo: PPO clip range (DDPO 1e-4)."),
+    adv_clip: float = typer.Option(5.0, "--adv-clip", help="ddpo: advantage clip (DDPO 5)."),
+    kl_weight: float = typer.Option(0.0, "--kl-weight", help="pg: DPOK's KL weight (0.01 reproduces DPOK)."),
+    lora_rank: int = typer.Option(4, "--lora-rank", min=1, help="LoRA rank (the paper: 4)."),
+    lora_targets: str = typer.Option("to_q,to_k,to_v,to_out.0", "--lora-targets", help="LoRA target modules."),
+    steps: o.Steps = 20,
+    eta: o.Eta = 1.0,
+    guidance: o.Guidance = 5.0,
+    threshold: o.Threshold = "suite",
+    mask_resolution: o.MaskResolution = None,
+    fuse_layers: o.FuseLayers = "mid_block,up_blocks",
+    skip_first_steps: o.SkipFirstSteps = 2,
+    reference_fraction: o.ReferenceFraction = 0.25,
+    reference_uses: o.ReferenceUses = 2,
+    batch_size: o.BatchSize = 16,
+    device: o.Device = None,
+    dtype: o.Dtype = None,
+) -> None:
+    """Fine-tune the UNet's LoRA adapters with an RL method; evaluate on train and held-out prompts each epoch."""
+    from dfusion_bench.rl.config import DDPOSettings, DPOSettings, LoraSettings, OptimSettings, PGSettings, TrainConfig
+    from dfusion_bench.rl.trainer import Trainer
+    from dfusion_bench.runinfo import check_out_dir
+    from dfusion_bench.session import pick_device
+    from dfusion_bench.templates import load_suite
+    from dfusion_bench.trajectories import SamplerConfig
+
+    out = out or Path("runs") / f"{method}-{'fusion' if fusion else 'plain'}-{Path(template).stem}-s{seed}"
+    config = TrainConfig(
+        method=method,
+        fusion=fusion,
+        template=template,
+        model=str(model) if model else None,
+        prompts=prompts,
+        samples_per_prompt=samples_per_prompt,
+        epochs=epochs,
+        seed=seed,
+        scorer=scorer,
+        clip_model=clip_model,
+        clip_checkpoint=str(clip_checkpoint) if clip_checkpoint else None,
+        eval_every=eval_every,
+        eval_samples_per_prompt=eval_samples_per_prompt,
+        batch_size=batch_size,
+        sampler=SamplerConfig(num_steps=steps, eta=eta, guidance_scale=guidance),
+        fusion_settings=o.fusion_config(
+            threshold, mask_resolution, fuse_layers, skip_first_steps, reference_fraction, reference_uses
+        ),
+        lora=LoraSettings(rank=lora_rank, alpha=float(lora_rank), targets=tuple(lora_targets.split(","))),
+        optim=OptimSettings(
+            lr=lr, inner_epochs=inner_epochs, batch_size=train_batch_size, timestep_fraction=timestep_fraction
+        ),
+        dpo=DPOSettings(beta=beta, eps=dpo_eps),
+        ddpo=DDPOSettings(clip_range=clip_range, adv_clip_max=adv_clip),
+        pg=PGSettings(kl_weight=kl_weight),
+    )
+    if resume:
+        stored = TrainConfig.load(out / "config.json") if (out / "config.json").is_file() else None
+        if stored is None:
+            raise UserError(f"--resume: {out} holds no run (no config.json); start it without --resume")
+        given = _explicit(ctx) - {"resume", "out", "device", "dtype", "overwrite", "epochs"}
+        mine, theirs = config.to_dict(), stored.to_dict()
+        clash = sorted(k for k in given if k in mine and mine[k] != theirs.get(k))
+        if clash:
+            raise UserError(f"--resume: --{clash[0].replace('_', '-')} differs from the run's config.json; drop it")
+        config = TrainConfig.from_dict({**theirs, "epochs": epochs if "epochs" in _explicit(ctx) else stored.epochs})
+    else:
+        check_out_dir(out, overwrite)
+        if overwrite and out.exists():
+            import shutil
+
+            shutil.rmtree(out)
+    load_suite(config.template)  # a bad template fails before the model loads
+    pick_device(device)
+    Trainer(config, out, device=device, dtype=dtype).run(resume=resume)
+    typer.echo(f"done: curves and tables with `dfusion report {out}`; metrics in {out / 'metrics.jsonl'}")

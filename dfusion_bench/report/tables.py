@@ -1,0 +1,586 @@
+"""The report's tables: each a numeric DataFrame (saved as CSV and parquet) and a formatted one (Markdown, LaTeX, HTML).
+
+Tables:
+
+* ``final``        final alignment (last evaluated epoch of each run): mean and 95% t-interval over seeds, per
+                   template x scorer x split x method x fusion, with the base model (epoch 0) as the first row;
+* ``fusion_gain``  (with D-Fusion) - (without) per template x scorer x split x method x metric, with a paired test;
+* ``runs``         one row per run folder read;
+* ``training``     per configuration: mean over seeds of the training log (loss, target-beats-base, seconds/epoch);
+* ``evals``        one row per eval folder x scorer;
+* ``fuse``         one row per fuse folder (triples, target-beats-base rate, gains, UNet cost);
+* ``curves``       the points (mean, CI, n over seeds) behind every curve.
+
+``load_report_tables(out)`` reads them back.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dfusion_bench import atomic
+from dfusion_bench.errors import UserError
+from dfusion_bench.report import stats
+from dfusion_bench.report.collect import (
+    Evaluation,
+    Fuse,
+    Run,
+    method_label,
+    metrics_frame,
+    prompt_means,
+    runs_frame,
+    warn,
+)
+
+METRICS = ("mean_score", "aligned_rate")
+METRIC_NAMES = {"mean_score": "mean score", "aligned_rate": "aligned rate"}
+BASE_LABEL = "base (epoch 0)"
+TABLES_DIR = "tables"
+PHASES = ("sampling_s", "fusion_s", "scoring_s", "update_s", "eval_s")
+
+
+@dataclass
+class Table:
+    """A report table: ``data`` is saved as-is (CSV, parquet); ``display`` holds the formatted strings."""
+
+    name: str
+    title: str
+    description: str
+    data: pd.DataFrame
+    display: pd.DataFrame
+
+
+# ---- final alignment -----------------------------------------------------------------------------------------------
+
+
+def final_rows(runs: Sequence[Run]) -> pd.DataFrame:
+    """Each run's metrics at its last evaluated epoch, one row per run x split."""
+    metrics = metrics_frame(runs)
+    if metrics.empty:
+        return metrics
+    last = metrics.groupby(["run", "split"])["epoch"].transform("max")
+    return metrics[metrics["epoch"] == last].reset_index(drop=True)
+
+
+def base_rows(runs: Sequence[Run]) -> pd.DataFrame:
+    """The base model's metrics (epoch 0), one row per template x scorer x split x seed (runs sharing a seed share
+    their base model and evaluation seeds, so their epoch-0 rows are averaged, not counted twice)."""
+    metrics = metrics_frame(runs)
+    zero = metrics[metrics["epoch"] == 0]
+    if zero.empty:
+        return zero
+    keys = ["template", "scorer", "split", "seed"]
+    return zero.groupby(keys, as_index=False)[["mean_score", "aligned_rate"]].mean()
+
+
+def _summarise(group: pd.DataFrame) -> dict[str, object]:
+    row: dict[str, object] = {
+        "n_seeds": int(group["seed"].nunique()),
+        "seeds": ",".join(str(s) for s in sorted(group["seed"].unique())),
+    }
+    for metric in METRICS:
+        ci = stats.mean_ci(group[metric].to_numpy(dtype=float))
+        row[metric] = ci.mean
+        row[f"{metric}_ci95"] = ci.half_width
+        row[f"{metric}_n"] = ci.n
+    return row
+
+
+def final_table(runs: Sequence[Run]) -> pd.DataFrame:
+    """Final alignment per template x scorer x split x configuration: mean and 95% CI half-width over seeds."""
+    finals = final_rows(runs)
+    rows: list[dict[str, object]] = []
+    bases = base_rows(runs)
+    for (template, scorer, split), group in bases.groupby(["template", "scorer", "split"], sort=True):
+        rows.append(
+            {
+                "template": template,
+                "scorer": scorer,
+                "split": split,
+                "model": BASE_LABEL,
+                "method": "base",
+                "fusion": pd.NA,
+                "epoch": 0,
+                "epoch_min": 0,
+                **_summarise(group),
+            }
+        )
+    keys = ["template", "scorer", "split", "method", "fusion"]
+    for (template, scorer, split, method, fusion), group in finals.groupby(keys, sort=True):
+        epochs = group["epoch"]
+        if epochs.nunique() > 1:
+            warn(
+                f"{template}/{split}: {method_label(method, fusion)} runs end at different epochs "
+                f"({', '.join(str(e) for e in sorted(epochs.unique()))}); each run's last epoch is used"
+            )
+        rows.append(
+            {
+                "template": template,
+                "scorer": scorer,
+                "split": split,
+                "model": method_label(method, fusion),
+                "method": method,
+                "fusion": bool(fusion),
+                "epoch": int(epochs.max()),
+                "epoch_min": int(epochs.min()),
+                **_summarise(group),
+            }
+        )
+    frame = pd.DataFrame.from_records(rows, columns=_FINAL_COLUMNS)
+    if frame.empty:
+        return frame
+    frame["fusion"] = frame["fusion"].astype("boolean")
+    frame["_order"] = (frame["model"] != BASE_LABEL).astype(int)
+    frame = frame.sort_values(["template", "scorer", "split", "_order", "method", "fusion"], kind="stable")
+    return frame.drop(columns="_order").reset_index(drop=True)
+
+
+_FINAL_COLUMNS = [
+    "template",
+    "scorer",
+    "split",
+    "model",
+    "method",
+    "fusion",
+    "epoch",
+    "epoch_min",
+    "n_seeds",
+    "seeds",
+    *[f"{m}{suffix}" for m in METRICS for suffix in ("", "_ci95", "_n")],
+]
+
+
+# ---- fusion gain ---------------------------------------------------------------------------------------------------
+
+
+def gain_table(runs: Sequence[Run]) -> pd.DataFrame:
+    """(with D-Fusion) - (without) per template x scorer x split x method x metric, with a paired test.
+
+    Pairs are seeds present on both sides (paired t-test). With exactly one shared seed the pairs are that seed's
+    prompts, matched by ``prompt_index`` at each run's final epoch (Wilcoxon signed-rank). With no shared seed the
+    difference of means is shown untested.
+    """
+    finals = final_rows(runs)
+    by_run = {str(run.path): run for run in runs}
+    rows: list[dict[str, object]] = []
+    for (template, scorer, split, method), group in finals.groupby(["template", "scorer", "split", "method"]):
+        with_f = group[group["fusion"]].set_index("seed")
+        without = group[~group["fusion"]].set_index("seed")
+        if with_f.empty or without.empty:
+            continue
+        shared = sorted(set(with_f.index) & set(without.index))
+        for metric in METRICS:
+            if with_f[metric].isna().all() or without[metric].isna().all():
+                continue
+            base = {"template": template, "scorer": scorer, "split": split, "method": method, "metric": metric}
+            if len(shared) >= 2:
+                a, b = with_f.loc[shared, metric].to_numpy(float), without.loc[shared, metric].to_numpy(float)
+                test = stats.paired_t(a, b)
+                row = _gain_row(base, a.mean(), b.mean(), test.mean_difference, test, "seeds", shared)
+            elif len(shared) == 1:
+                seed = shared[0]
+                a_run, b_run = by_run[with_f.loc[seed, "run"]], by_run[without.loc[seed, "run"]]
+                test = _prompt_test(a_run, b_run, split, metric)
+                a, b = float(with_f.loc[seed, metric]), float(without.loc[seed, metric])
+                row = _gain_row(base, a, b, a - b, test, "prompts" if test.n else "seeds", shared)
+            else:
+                warn(f"{template}/{split}/{method}: no seed run both with and without D-Fusion; gain untested")
+                a, b = float(with_f[metric].mean()), float(without[metric].mean())
+                untested = stats.PairedTest(a - b, float("nan"), float("nan"), stats.NO_TEST, 0)
+                row = _gain_row(base, a, b, a - b, untested, "seeds", shared)
+            rows.append(row)
+    return pd.DataFrame.from_records(rows, columns=_GAIN_COLUMNS)
+
+
+_GAIN_COLUMNS = [
+    "template",
+    "scorer",
+    "split",
+    "method",
+    "metric",
+    "with_fusion",
+    "without_fusion",
+    "gain",
+    "gain_ci95",
+    "test",
+    "unit",
+    "n",
+    "seeds",
+    "p_value",
+]
+
+
+def _gain_row(
+    base: dict[str, object],
+    with_value: float,
+    without_value: float,
+    gain: float,
+    test: stats.PairedTest,
+    unit: str,
+    seeds: Sequence[int],
+) -> dict[str, object]:
+    return {
+        **base,
+        "with_fusion": float(with_value),
+        "without_fusion": float(without_value),
+        "gain": float(gain),
+        "gain_ci95": test.half_width,
+        "test": test.test,
+        "unit": unit,
+        "n": test.n,
+        "seeds": ",".join(str(s) for s in seeds),
+        "p_value": test.p_value,
+    }
+
+
+def _prompt_test(with_run: Run, without_run: Run, split: str, metric: str) -> stats.PairedTest:
+    """Wilcoxon over prompts of two same-seed runs at their final epochs (untested when a CSV is missing)."""
+    means = []
+    for run in (with_run, without_run):
+        epoch = run.last_epoch(split)
+        frame = prompt_means(run, epoch, split) if epoch is not None else None
+        if frame is None or metric not in frame:
+            warn(f"{run.path}: no per-prompt {split} scores at its last epoch; single-seed gain untested")
+            return stats.PairedTest(float("nan"), float("nan"), float("nan"), stats.NO_TEST, 0)
+        means.append(frame[metric])
+    joined = pd.concat(means, axis=1, keys=["with", "without"], join="inner").dropna()
+    if joined.empty:
+        return stats.PairedTest(float("nan"), float("nan"), float("nan"), stats.NO_TEST, 0)
+    return stats.wilcoxon(joined["with"].to_numpy(float), joined["without"].to_numpy(float))
+
+
+# ---- training, evals, fuse -----------------------------------------------------------------------------------------
+
+
+def training_table(runs: Sequence[Run]) -> pd.DataFrame:
+    """Per template x scorer x configuration, the mean over seeds of each run's training-log summary."""
+    per_run = []
+    for run in runs:
+        log = run.train_log
+        if log.empty:
+            continue
+        row: dict[str, object] = {
+            "template": run.template,
+            "scorer": run.scorer,
+            "model": run.label,
+            "method": run.method,
+            "fusion": run.fusion,
+            "seed": run.seed,
+            "epochs": int(log["epoch"].max()),
+            "final_loss": _last(log, "loss"),
+            "mean_pairs": _mean(log, "n_pairs"),
+            "target_beats_base": _mean(log, "target_beats_base"),
+        }
+        for phase in PHASES:
+            row[phase] = _mean(log, phase)
+        row["epoch_s"] = float(np.nansum([row[p] for p in PHASES]))
+        per_run.append(row)
+    columns = ["template", "scorer", "model", "method", "fusion", "n_seeds", "epochs", "final_loss", "mean_pairs"]
+    columns += ["target_beats_base", *PHASES, "epoch_s"]
+    if not per_run:
+        return pd.DataFrame(columns=columns)
+    frame = pd.DataFrame.from_records(per_run)
+    keys = ["template", "scorer", "model", "method", "fusion"]
+    values = [c for c in columns if c not in keys and c != "n_seeds"]
+    summary = frame.groupby(keys, as_index=False)[values].mean()
+    summary["n_seeds"] = frame.groupby(keys)["seed"].nunique().to_numpy()
+    return summary[columns]
+
+
+def _mean(frame: pd.DataFrame, column: str) -> float:
+    if column not in frame:
+        return float("nan")
+    values = pd.to_numeric(frame[column], errors="coerce")
+    return float(values.mean()) if values.notna().any() else float("nan")
+
+
+def _last(frame: pd.DataFrame, column: str) -> float:
+    if column not in frame:
+        return float("nan")
+    values = pd.to_numeric(frame[column], errors="coerce").dropna()
+    return float(values.iloc[-1]) if not values.empty else float("nan")
+
+
+def evals_table(evals: Sequence[Evaluation]) -> pd.DataFrame:
+    """One row per eval folder x scorer, straight from ``summary.json``."""
+    rows = []
+    for ev in evals:
+        s = ev.summary
+        source = s.get("source") if isinstance(s.get("source"), dict) else {}
+        for scorer, values in s["scorers"].items():
+            values = values if isinstance(values, dict) else {}
+            rows.append(
+                {
+                    "folder": str(ev.path),
+                    "template": str(s.get("template") or ""),
+                    "split": str(s.get("split") or ""),
+                    "model": method_label(s.get("method"), s.get("fusion")),
+                    "seed": s.get("seed"),
+                    "source_run": str(source.get("run") or ""),
+                    "source_epoch": source.get("epoch"),
+                    "source_model": str(source.get("model") or ""),
+                    "scorer": str(scorer),
+                    "mean_score": _number(values.get("mean_score")),
+                    "aligned_rate": _number(values.get("aligned_rate")),
+                    "n": values.get("n"),
+                }
+            )
+    frame = pd.DataFrame.from_records(rows)
+    for column in ("seed", "source_epoch", "n"):
+        if column in frame:
+            frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("Int64")
+    return frame
+
+
+def fuse_table(fuses: Sequence[Fuse]) -> pd.DataFrame:
+    """One row per fuse folder: what was fused and how well targets beat their bases."""
+    rows = []
+    for fuse in fuses:
+        m, c = fuse.manifest, fuse.config
+        rows.append(
+            {
+                "folder": str(fuse.path),
+                "template": str(c.get("template") or m.get("template") or ""),
+                "split": str(m.get("split") or c.get("split") or ""),
+                "scorer": str(m.get("scorer") or c.get("scorer") or ""),
+                "n_samples": _number(m.get("n_samples")),
+                "n_triples": _number(m.get("n_triples")),
+                "target_beats_base_rate": _number(m.get("target_beats_base_rate")),
+                "mean_gain_target_vs_base": _number(m.get("mean_gain_target_vs_base")),
+                "mean_gain_reference_vs_base": _number(m.get("mean_gain_reference_vs_base")),
+                "unet_evals_per_target_step": _number(m.get("unet_evals_per_target_step")),
+            }
+        )
+    return pd.DataFrame.from_records(rows)
+
+
+def _number(value: object) -> float:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+# ---- formatting ----------------------------------------------------------------------------------------------------
+
+
+def fmt(value: object, digits: int = 3) -> str:
+    """A number for display: fixed ``digits`` decimals; empty for missing values."""
+    if value is None or value is pd.NA:
+        return ""
+    if isinstance(value, float | np.floating) and not math.isfinite(float(value)):
+        return ""
+    if isinstance(value, int | np.integer):
+        return str(int(value))
+    return f"{float(value):.{digits}f}"
+
+
+def fmt_ci(mean: object, half: object, digits: int = 3) -> str:
+    """``mean ± half`` (just the mean when the interval is undefined, e.g. one seed)."""
+    text = fmt(mean, digits)
+    half_text = fmt(half, digits)
+    return f"{text} ± {half_text}" if text and half_text else text
+
+
+def fmt_p(p: object) -> str:
+    if p is None or p is pd.NA or not math.isfinite(float(p)):  # type: ignore[arg-type]
+        return "–"
+    return "<0.001" if float(p) < 0.001 else f"{float(p):.3f}"
+
+
+def _epochs(row: pd.Series) -> str:
+    lo, hi = int(row["epoch_min"]), int(row["epoch"])
+    return str(hi) if lo == hi else f"{lo}–{hi}"
+
+
+def display_final(frame: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for _, r in frame.iterrows():
+        rows.append(
+            {
+                "Template": r["template"],
+                "Scorer": r["scorer"],
+                "Split": r["split"],
+                "Model": r["model"],
+                "Epoch": _epochs(r),
+                "Seeds (n)": f"{r['seeds']} ({r['n_seeds']})",
+                "Mean score ± 95% CI": fmt_ci(r["mean_score"], r["mean_score_ci95"]),
+                "Aligned rate ± 95% CI": fmt_ci(r["aligned_rate"], r["aligned_rate_ci95"]),
+            }
+        )
+    return pd.DataFrame.from_records(rows)
+
+
+def display_gain(frame: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for _, r in frame.iterrows():
+        rows.append(
+            {
+                "Template": r["template"],
+                "Scorer": r["scorer"],
+                "Split": r["split"],
+                "Method": r["method"],
+                "Metric": METRIC_NAMES.get(r["metric"], r["metric"]),
+                "With D-Fusion": fmt(r["with_fusion"]),
+                "Without": fmt(r["without_fusion"]),
+                "Gain ± 95% CI": fmt_ci(r["gain"], r["gain_ci95"]),
+                "Test": r["test"] + (f" (seed {r['seeds']})" if r["unit"] == "prompts" else ""),
+                "n": f"{r['n']} {r['unit']}",
+                "p": fmt_p(r["p_value"]),
+            }
+        )
+    return pd.DataFrame.from_records(rows)
+
+
+def display_numbers(frame: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """Every float column fixed to ``digits`` decimals, everything else as text; for the simpler tables."""
+    out = pd.DataFrame(index=frame.index)
+    for column in frame.columns:
+        if pd.api.types.is_float_dtype(frame[column]):
+            out[column] = [fmt(v, digits) for v in frame[column]]
+        else:
+            out[column] = ["" if pd.isna(v) else str(v) for v in frame[column]]
+    return out.reset_index(drop=True)
+
+
+# ---- building all tables -------------------------------------------------------------------------------------------
+
+
+def build_tables(
+    runs: Sequence[Run], evals: Sequence[Evaluation], fuses: Sequence[Fuse], curves: pd.DataFrame | None = None
+) -> dict[str, Table]:
+    """Every non-empty table of the report, in display order."""
+    tables: dict[str, Table] = {}
+
+    def add(name: str, title: str, description: str, data: pd.DataFrame, display: pd.DataFrame | None = None) -> None:
+        if not data.empty:
+            data = data.reset_index(drop=True)
+            tables[name] = Table(name, title, description, data, display if display is not None else data)
+
+    if runs:
+        final = final_table(runs)
+        add(
+            "final",
+            "Final alignment",
+            "Each run's last evaluated epoch; mean ± 95% t-interval over seeds (no interval for one seed). "
+            f"'{BASE_LABEL}' is the model before any update.",
+            final,
+            display_final(final),
+        )
+        gain = gain_table(runs)
+        add(
+            "fusion_gain",
+            "D-Fusion gain",
+            "(with D-Fusion) − (without), same method and seed; p from the named two-sided paired test. "
+            "With one shared seed the pairs are that seed's prompts, which tests those two runs, not the method.",
+            gain,
+            display_gain(gain),
+        )
+        training = training_table(runs)
+        add(
+            "training",
+            "Training",
+            "Mean over seeds of each run's training log: final loss, fused pairs per epoch, the fraction of targets "
+            "that beat their base, and seconds per epoch by phase.",
+            training,
+            display_numbers(training),
+        )
+        inventory = runs_frame(runs)
+        add("runs", "Runs", "Every training run folder read.", inventory, display_numbers(inventory))
+    evals_frame = evals_table(evals)
+    add("evals", "Evaluations", "One row per dfusion eval folder and scorer.", evals_frame, display_numbers(evals_frame))
+    fuse_frame = fuse_table(fuses)
+    add("fuse", "D-Fusion triples", "One row per dfusion fuse folder.", fuse_frame, display_numbers(fuse_frame))
+    if curves is not None:
+        add("curves", "Curve points", "Mean and 95% CI over seeds behind every curve.", curves, display_numbers(curves))
+    return tables
+
+
+# ---- writers -------------------------------------------------------------------------------------------------------
+
+
+def to_markdown(frame: pd.DataFrame) -> str:
+    """A GitHub-style pipe table (``|`` in cells escaped)."""
+
+    def cell(value: object) -> str:
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    header = "| " + " | ".join(cell(c) for c in frame.columns) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *body]) + "\n"
+
+
+_LATEX_ESCAPES = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "±": r"$\pm$",
+    "−": r"$-$",
+    "–": "--",
+    "<": r"$<$",
+    ">": r"$>$",
+}
+
+
+def latex_escape(text: object) -> str:
+    return "".join(_LATEX_ESCAPES.get(ch, ch) for ch in str(text))
+
+
+def to_latex(frame: pd.DataFrame, caption: str = "", label: str = "") -> str:
+    """A booktabs ``table``/``tabular`` with every cell escaped."""
+    spec = "l" * len(frame.columns)
+    lines = [r"\begin{table}[t]", r"\centering", r"\small", rf"\begin{{tabular}}{{{spec}}}", r"\toprule"]
+    lines.append(" & ".join(latex_escape(c) for c in frame.columns) + r" \\")
+    lines.append(r"\midrule")
+    lines += [" & ".join(latex_escape(v) for v in row) + r" \\" for row in frame.itertuples(index=False)]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    if caption:
+        lines.append(rf"\caption{{{latex_escape(caption)}}}")
+    if label:
+        lines.append(rf"\label{{{label}}}")
+    lines.append(r"\end{table}")
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(tables: dict[str, Table], out: Path) -> list[Path]:
+    """Write each table as ``tables/<name>.{csv,parquet,md,tex}``; return the files written."""
+    folder = out / TABLES_DIR
+    written = []
+    for name, table in tables.items():
+        data = table.data
+        written.append(atomic.write_text(folder / f"{name}.csv", data.to_csv(index=False)))
+        written.append(atomic.write_with(folder / f"{name}.parquet", lambda p, d=data: d.to_parquet(p, index=False)))
+        heading = f"## {table.title}\n\n{table.description}\n\n"
+        written.append(atomic.write_text(folder / f"{name}.md", heading + to_markdown(table.display)))
+        tex = to_latex(table.display, caption=f"{table.title}. {table.description}", label=f"tab:{name}")
+        written.append(atomic.write_text(folder / f"{name}.tex", tex))
+    return written
+
+
+def load_report_tables(out: str | Path) -> dict[str, pd.DataFrame]:
+    """Every table of a built report as a DataFrame, keyed by name (from parquet; CSV where parquet is missing)."""
+    folder = Path(out) / TABLES_DIR
+    if not folder.is_dir():
+        raise UserError(f"{out} holds no report tables (no {TABLES_DIR}/ folder); build it with dfusion report")
+    tables: dict[str, pd.DataFrame] = {}
+    for path in sorted(folder.glob("*.parquet")):
+        tables[path.stem] = pd.read_parquet(path)
+    for path in sorted(folder.glob("*.csv")):
+        if path.stem not in tables:
+            tables[path.stem] = pd.read_csv(path)
+    return tables
+

@@ -1,0 +1,149 @@
+"""Typed, validated configuration of a training run, with every default's source.
+
+A run folder holds the resolved configuration as ``config.json``; ``--resume`` reloads it and refuses a mismatch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dfusion_bench.errors import UserError
+from dfusion_bench.fusion import FusionConfig
+from dfusion_bench.trajectories import SamplerConfig
+
+METHODS = ("dpo", "ddpo", "pg")
+
+#: Learning rates of the methods' public code (AdamW; LoRA on the UNet's attention projections):
+#: D3PO (Yang et al. 2024) 3e-5; ddpo-pytorch (Black et al. 2024) 3e-4 for PPO and for its REINFORCE ("SF")
+#: variant; DPOK (Fan et al. 2023) 1e-5 with reward weight 100 — our pg has unit reward weight, so it keeps 3e-4.
+LITERATURE_LR = {"dpo": 3e-5, "ddpo": 3e-4, "pg": 3e-4}
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """LoRA through peft. The D-Fusion paper: rank 4 on all attention projections."""
+
+    rank: int = 4
+    alpha: float = 4.0
+    targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+
+
+@dataclass(frozen=True)
+class OptimSettings:
+    """AdamW, as in ddpo-pytorch and D3PO: weight decay 1e-4, gradient-norm clip 1."""
+
+    lr: float | None = None  # None: LITERATURE_LR[method]
+    weight_decay: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 1.0
+    inner_epochs: int = 1
+    """Passes over each epoch's data (ddpo-pytorch: 1; the D-Fusion paper: 2)."""
+    batch_size: int = 8
+    """Training examples (pairs for dpo, samples for ddpo/pg) per optimizer step, over all processes."""
+    timestep_fraction: float = 1.0
+    """Fraction of the denoising steps trained on per example (ddpo-pytorch's timestep_fraction; 1 = all)."""
+
+
+@dataclass(frozen=True)
+class DPOSettings:
+    """D3PO (Yang et al. 2024): beta 0.1, ratio clip 0.1."""
+
+    beta: float = 0.1
+    eps: float = 0.1
+
+
+@dataclass(frozen=True)
+class DDPOSettings:
+    """ddpo-pytorch defaults: PPO clip range 1e-4, advantage clip 5, per-prompt stats (buffer 32, min count 16)."""
+
+    clip_range: float = 1e-4
+    adv_clip_max: float = 5.0
+    stat_buffer: int = 32
+    stat_min_count: int = 16
+
+
+@dataclass(frozen=True)
+class PGSettings:
+    """REINFORCE with a per-prompt baseline; ``kl_weight`` adds DPOK's KL surrogate (Fan et al. 2023: 0.01)."""
+
+    kl_weight: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    method: str = "dpo"
+    fusion: bool = False
+    template: str = "shapes-objects"
+    model: str | None = None
+    """Local diffusers folder; None = the embedded shapes model."""
+    prompts: int | None = 8
+    """First K prompts of each split (None = all)."""
+    samples_per_prompt: int = 8
+    epochs: int = 4
+    seed: int = 0
+    scorer: str | None = None
+    """None: verifier for the embedded model, clip otherwise."""
+    clip_model: str = "ViT-H-14"
+    clip_checkpoint: str | None = None
+    eval_every: int = 1
+    eval_samples_per_prompt: int = 4
+    batch_size: int = 16
+    """Images per UNet batch when sampling (memory, not the optimisation)."""
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    fusion_settings: FusionConfig = field(default_factory=FusionConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    optim: OptimSettings = field(default_factory=OptimSettings)
+    dpo: DPOSettings = field(default_factory=DPOSettings)
+    ddpo: DDPOSettings = field(default_factory=DDPOSettings)
+    pg: PGSettings = field(default_factory=PGSettings)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.method not in METHODS:
+            problems.append(f"--method {self.method!r}: use one of {', '.join(METHODS)}")
+        if self.epochs < 1 or self.samples_per_prompt < 2 or self.eval_every < 1:
+            problems.append("--epochs >= 1, --samples-per-prompt >= 2 and --eval-every >= 1 are needed")
+        if self.sampler.eta <= 0:
+            problems.append(f"--eta {self.sampler.eta}: training needs eta > 0 (log-probabilities are undefined at 0)")
+        if not 0 < self.optim.timestep_fraction <= 1:
+            problems.append("--timestep-fraction must lie in (0, 1]")
+        if self.optim.batch_size < 1 or self.optim.inner_epochs < 1:
+            problems.append("--train-batch-size and --inner-epochs must be >= 1")
+        if problems:
+            raise UserError("; ".join(problems))
+
+    @property
+    def lr(self) -> float:
+        return self.optim.lr if self.optim.lr is not None else LITERATURE_LR[self.method]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @staticmethod
+    def from_dict(data: dict[str, Any]) -> TrainConfig:
+        nested = {
+            "sampler": SamplerConfig,
+            "fusion_settings": FusionConfig,
+            "lora": LoraSettings,
+            "optim": OptimSettings,
+            "dpo": DPOSettings,
+            "ddpo": DDPOSettings,
+            "pg": PGSettings,
+        }
+        kwargs = dict(data)
+        for key, cls in nested.items():
+            if key in kwargs:
+                values = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs[key].items()}
+                kwargs[key] = cls(**values)
+        return TrainConfig(**kwargs)
+
+    @staticmethod
+    def load(path: Path) -> TrainConfig:
+        try:
+            return TrainConfig.from_dict(json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError, TypeError) as exc:
+            raise UserError(f"{path}: not a readable training configuration ({exc})") from None

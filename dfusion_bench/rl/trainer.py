@@ -1,0 +1,291 @@
+"""The training loop shared by every method: sample → score → pairs (and fused targets) → update → evaluate.
+
+One process on CPU, or several under ``accelerate launch``: each process samples, scores and fuses its share of the
+epoch and gathers the rest, so all hold the same data; the update splits each minibatch across processes and
+averages gradients (DDP), so LoRA weights stay identical everywhere (checked after every update). The amount of data
+per epoch and per optimizer step is fixed by the configuration, never by the number of processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.progress import Progress
+
+from dfusion_bench import atomic
+from dfusion_bench.distributed import Distributor
+from dfusion_bench.errors import UserError
+from dfusion_bench.evaluation import evaluate, write_grid, write_samples
+from dfusion_bench.pairs import build_pairs, sample_and_score
+from dfusion_bench.progress import advance_callback, progress_bar
+from dfusion_bench.rl import checkpoint
+from dfusion_bench.rl.advantages import PerPromptStats
+from dfusion_bench.rl.config import TrainConfig
+from dfusion_bench.rl.lora import add_lora, lora_state
+from dfusion_bench.rl.methods import METHODS, Examples, Method, Policy
+from dfusion_bench.runinfo import write_run_info
+from dfusion_bench.seeding import sample_seeds
+from dfusion_bench.session import ModelChoice, make_scorer, pick_dtype
+from dfusion_bench.templates import load_suite
+
+METRICS = "metrics.jsonl"
+TRAIN_LOG = "train_log.jsonl"
+
+
+def _truncate_jsonl(path: Path, max_epoch: int) -> None:
+    """Keep the rows of epochs <= max_epoch (a resumed run redoes the later ones); drop a torn last line."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if row.get("epoch", 0) <= max_epoch:
+            keep.append(json.dumps(row))
+    atomic.write_text(path, "".join(k + "\n" for k in keep))
+
+
+def _digest(state: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(state):
+        h.update(name.encode())
+        h.update(state[name].float().numpy().tobytes())
+    return h.hexdigest()
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, out: Path, device: str | None = None, dtype: str | None = None):
+        from accelerate import Accelerator
+
+        self.cfg, self.out = config, Path(out)
+        self.accelerator = Accelerator(cpu=device == "cpu")
+        self.dist = Distributor(self.accelerator if self.accelerator.num_processes > 1 else None)
+        suite = load_suite(config.template)
+        self.train_entries = list(suite.train)[: config.prompts]
+        self.test_entries = list(suite.test)[: config.prompts]
+        self.choice = ModelChoice.check(Path(config.model) if config.model else None)
+        self.device = self.accelerator.device
+        self.dtype = pick_dtype(self.device, dtype)
+        prompts = [e.prompt for e in self.train_entries + self.test_entries]
+        self.scorer = make_scorer(
+            config.scorer,
+            self.choice,
+            prompts,
+            self.device,
+            config.clip_model,
+            Path(config.clip_checkpoint) if config.clip_checkpoint else None,
+        )
+        self.method: Method = METHODS[config.method]()
+        self.pipe = self.choice.load(self.device, self.dtype)
+        self.unet = self.pipe.unet
+        params = add_lora(self.unet, config.lora, config.seed)
+        optimizer = torch.optim.AdamW(
+            params, lr=config.lr, betas=config.optim.betas, weight_decay=config.optim.weight_decay
+        )
+        self.model, self.optimizer = self.accelerator.prepare(self.unet, optimizer)
+        self.params = params
+        self.policy = Policy(self.pipe, self.model, self.unet, config)
+        self.stats = PerPromptStats(config.ddpo.stat_buffer, config.ddpo.stat_min_count)
+        self.samples_seen = 0
+        self.elapsed = 0.0
+        self.last_digests: list[str] = []
+
+    # ---- bookkeeping ---------------------------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "stats": self.stats.state_dict(),
+            "samples_seen": self.samples_seen,
+            "elapsed": self.elapsed,
+        }
+
+    def _restore(self, epoch: int) -> None:
+        state = checkpoint.load(self.out, epoch, self.unet)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.stats.load_state_dict(state["stats"])
+        self.samples_seen, self.elapsed = state["samples_seen"], state["elapsed"]
+
+    def _log(self, name: str, row: dict[str, Any]) -> None:
+        if self.dist.is_main:
+            atomic.append_line(self.out / name, json.dumps(row))
+
+    def _checkpoint(self, epoch: int) -> None:
+        if self.dist.is_main:
+            checkpoint.save(self.out, epoch, self.unet, self._state())
+        self.dist.barrier()
+
+    # ---- phases --------------------------------------------------------------------------------------------
+    def _evaluate(self, epoch: int, progress: Progress) -> float:
+        t0 = time.perf_counter()
+        folder = self.out / "eval" / f"epoch-{epoch:04d}"
+        for split, entries in (("train", self.train_entries), ("test", self.test_entries)):
+            self.unet.eval()
+            with torch.no_grad():
+                result = evaluate(
+                    self.pipe,
+                    [self.scorer],
+                    entries,
+                    self.cfg.eval_samples_per_prompt,
+                    self.cfg.sampler,
+                    self.cfg.batch_size,
+                    progress=progress,
+                    label=f"eval {split} (epoch {epoch})",
+                    dist=self.dist,
+                )
+            summary = result.summary[self.scorer.name]
+            if self.dist.is_main:
+                write_samples(folder / f"{split}.csv", result)
+                write_grid(folder / f"{split}.png", result)
+            self._log(
+                METRICS,
+                {
+                    "epoch": epoch,
+                    "split": split,
+                    "mean_score": summary["mean_score"],
+                    "aligned_rate": summary["aligned_rate"],
+                    "samples_seen": self.samples_seen,
+                    "wall_time_s": self.elapsed,
+                    "scorer": self.scorer.name,
+                    "n": summary["n"],
+                },
+            )
+        return time.perf_counter() - t0
+
+    def _update(self, epoch: int, data: Examples, progress: Progress) -> float:
+        """All optimizer steps of one epoch; returns the mean per-step loss."""
+        cfg, n, n_steps = self.cfg, len(data), len(data.trajs[0].timesteps)
+        if n == 0:
+            return float("nan")
+        self.unet.train()
+        losses = []
+        k = max(1, round(cfg.optim.timestep_fraction * n_steps))
+        weight = (n_steps / k) if self.method.sum_over_steps else 1.0 / k
+        world, rank = self.dist.world, self.dist.rank
+        per_step = n if self.method.one_update_per_epoch else cfg.optim.batch_size
+        n_updates = cfg.optim.inner_epochs * -(-n // per_step)
+        advance = advance_callback(progress, f"update ({self.method.name})", n_updates)
+        for inner in range(cfg.optim.inner_epochs):
+            rng = np.random.default_rng([cfg.seed, epoch, inner, 17])
+            order = rng.permutation(n)
+            for start in range(0, n, per_step):
+                batch = order[start : start + per_step]
+                batch = batch[: len(batch) - len(batch) % world] if len(batch) >= world else batch[:0]
+                steps = np.sort(rng.choice(n_steps, size=k, replace=False)) if k < n_steps else np.arange(n_steps)
+                local = batch[rank::world].tolist()
+                for chunk_start in range(0, len(local), cfg.optim.batch_size):
+                    chunk = local[chunk_start : chunk_start + cfg.optim.batch_size]
+                    share = len(chunk) / max(1, len(local))
+                    for j in steps.tolist():
+                        loss = self.method.step_loss(self.policy, data, chunk, j)
+                        self.accelerator.backward(loss * weight * share)
+                        losses.append(float(loss.detach()))
+                if len(local):
+                    self.accelerator.clip_grad_norm_(self.params, cfg.optim.grad_clip)
+                    self.optimizer.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                advance(1)
+        self.unet.eval()
+        self._check_in_sync()
+        return float(np.mean(losses)) if losses else float("nan")
+
+    def _check_in_sync(self) -> list[str]:
+        """SHA-256 of the LoRA weights on every process; they must agree (ddpo-pytorch #10 must not happen here)."""
+        digests = self.dist.gather([_digest(lora_state(self.unet))])
+        if len(set(digests)) != 1:
+            raise RuntimeError(f"LoRA weights diverged across processes: {digests}")
+        self.last_digests = digests
+        return digests
+
+    def _epoch(self, epoch: int, progress: Progress) -> None:
+        cfg, timing = self.cfg, {}
+        t0 = time.perf_counter()
+        seeds = sample_seeds(cfg.seed, epoch, len(self.train_entries), cfg.samples_per_prompt)
+        with torch.no_grad():
+            samples = sample_and_score(
+                self.pipe,
+                self.scorer,
+                self.train_entries,
+                seeds,
+                cfg.sampler,
+                cfg.batch_size,
+                progress=progress,
+                label=f"epoch {epoch}: sampling",
+                dist=self.dist,
+            )
+            timing.update(samples.timing)
+            t1 = time.perf_counter()
+            pairs = build_pairs(
+                self.pipe,
+                self.scorer,
+                samples,
+                cfg.fusion_settings,
+                fuse=cfg.fusion,
+                batch_size=cfg.batch_size,
+                progress=progress,
+                dist=self.dist,
+            )
+            timing["fusion_s"] = time.perf_counter() - t1
+            data = self.method.prepare(self.policy, pairs, self.stats)
+        t2 = time.perf_counter()
+        loss = self._update(epoch, data, progress)
+        timing["update_s"] = time.perf_counter() - t2
+        self.samples_seen += len(samples.trajectories)
+        self.elapsed += time.perf_counter() - t0
+        timing["eval_s"] = 0.0
+        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+            timing["eval_s"] = self._evaluate(epoch, progress)
+        beats = None
+        if pairs.target_scores is not None and pairs.triples:
+            base = samples.scores.scores[[t.base for t in pairs.triples]]
+            beats = float(np.mean(pairs.target_scores.scores > base))
+        self._log(
+            TRAIN_LOG,
+            {
+                "epoch": epoch,
+                "loss": loss,
+                "batch_mean_score": float(np.mean(samples.scores.scores)),
+                "batch_aligned_rate": None
+                if samples.scores.aligned is None
+                else float(np.mean(samples.scores.aligned)),
+                "n_pairs": len(pairs.triples),
+                "n_examples": len(data),
+                "target_beats_base": beats,
+                "samples_seen": self.samples_seen,
+                "timing": timing,
+                "lora_sha256_per_process": self.last_digests,
+            },
+        )
+        self._checkpoint(epoch)
+
+    # ---- entry point ---------------------------------------------------------------------------------------
+    def run(self, resume: bool = False) -> Path:
+        out = self.out
+        start = 1
+        if resume:
+            latest = checkpoint.latest_epoch(out)
+            if latest is None:
+                raise UserError(f"--resume: {out} holds no checkpoint yet; start it without --resume")
+            self._restore(latest)
+            _truncate_jsonl(out / METRICS, latest)
+            _truncate_jsonl(out / TRAIN_LOG, latest)
+            start = latest + 1
+        elif self.dist.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            atomic.write_json(out / "config.json", self.cfg.to_dict())
+            write_run_info(out, "train", self.cfg.to_dict(), {"seed": self.cfg.seed})
+        self.dist.barrier()
+        with progress_bar(disable=not self.dist.is_main) as progress:
+            if start == 1 and not resume:
+                self._evaluate(0, progress)
+                self._checkpoint(0)
+            for epoch in range(start, self.cfg.epochs + 1):
+                self._epoch(epoch, progress)
+        return out
