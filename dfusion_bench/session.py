@@ -14,12 +14,17 @@ from dfusion_bench.scorers import available_scorers, get_scorer
 from dfusion_bench.scorers.base import Scorer
 
 
+def use_cpu(device: str | None) -> bool:
+    """Whether accelerate should run on CPU: asked for, or no GPU (then several processes talk over gloo)."""
+    return device == "cpu" or (device is None and not torch.cuda.is_available())
+
+
 def pick_device(device: str | None) -> torch.device:
     """The requested device, or accelerate's choice for this process (its GPU under ``accelerate launch``)."""
     if device is None:
         from accelerate import PartialState
 
-        return PartialState().device
+        return PartialState(cpu=use_cpu(device)).device
     try:
         dev = torch.device(device)
     except RuntimeError:

@@ -116,5 +116,7 @@ def train(
             shutil.rmtree(out)
     load_suite(config.template)  # a bad template fails before the model loads
     pick_device(device)
-    Trainer(config, out, device=device, dtype=dtype).run(resume=resume)
-    typer.echo(f"done: curves and tables with `dfusion report {out}`; metrics in {out / 'metrics.jsonl'}")
+    trainer = Trainer(config, out, device=device, dtype=dtype)
+    trainer.run(resume=resume)
+    if trainer.dist.is_main:
+        typer.echo(f"done: curves and tables with `dfusion report {out}`; metrics in {out / 'metrics.jsonl'}")

@@ -31,7 +31,7 @@ from dfusion_bench.rl.lora import add_lora, lora_state
 from dfusion_bench.rl.methods import METHODS, Examples, Method, Policy
 from dfusion_bench.runinfo import write_run_info
 from dfusion_bench.seeding import sample_seeds
-from dfusion_bench.session import ModelChoice, make_scorer, pick_dtype
+from dfusion_bench.session import ModelChoice, make_scorer, pick_dtype, use_cpu
 from dfusion_bench.templates import load_suite
 
 METRICS = "metrics.jsonl"
@@ -66,7 +66,7 @@ class Trainer:
         from accelerate import Accelerator
 
         self.cfg, self.out = config, Path(out)
-        self.accelerator = Accelerator(cpu=device == "cpu")
+        self.accelerator = Accelerator(cpu=use_cpu(device))
         self.dist = Distributor(self.accelerator if self.accelerator.num_processes > 1 else None)
         suite = load_suite(config.template)
         self.train_entries = list(suite.train)[: config.prompts]

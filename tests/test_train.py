@@ -1,0 +1,247 @@
+"""Training: the methods' losses at the start, a full CLI run, resume after SIGKILL, and two-process sync."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dfusion_bench.cli import main
+from dfusion_bench.fusion import FusionConfig
+from dfusion_bench.pairs import build_pairs, sample_and_score
+from dfusion_bench.rl.advantages import PerPromptStats
+from dfusion_bench.rl.config import LoraSettings, TrainConfig
+from dfusion_bench.rl.lora import add_lora, reference_policy
+from dfusion_bench.rl.methods import METHODS, Policy
+from dfusion_bench.scorers import get_scorer
+from dfusion_bench.templates import PromptEntry
+from dfusion_bench.trajectories import SamplerConfig
+
+TINY_RUN = ["--template", "paper-t1", "--prompts", "2", "--scorer", "compressibility", "--steps", "4"]
+
+
+def _cli(*args: str) -> int:
+    try:
+        main(list(args))
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+@pytest.fixture(scope="module")
+def lora_pipe():
+    from dfusion_bench.tiny import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline("tiny", seed=1)
+    add_lora(pipe.unet, LoraSettings(), seed=0)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def pairs(lora_pipe):
+    entries = [PromptEntry("a cat eating a sandwich", ("cat", "sandwich"), (None, None))]
+    scorer = get_scorer("compressibility")
+    samples = sample_and_score(lora_pipe, scorer, entries, [[1, 2, 3, 4, 5, 6, 7, 8]], SamplerConfig(num_steps=3))
+    return build_pairs(lora_pipe, scorer, samples, FusionConfig(skip_first_steps=1), fuse=True)
+
+
+@pytest.mark.parametrize("fusion", [False, True])
+def test_losses_at_the_start(lora_pipe, pairs, fusion: bool) -> None:
+    """Before any update the policy is the reference: DPO's loss is log 2, PPO's ratio is 1, the KL term is 0."""
+    for name in ("dpo", "ddpo", "pg"):
+        config = TrainConfig(method=name, fusion=fusion, sampler=SamplerConfig(num_steps=3))
+        policy = Policy(lora_pipe, lora_pipe.unet, lora_pipe.unet, config)
+        method = METHODS[name]()
+        data = method.prepare(policy, pairs, PerPromptStats(min_count=100))
+        assert len(data) == (len(pairs.triples) if name == "dpo" else 8 + (len(pairs.triples) if fusion else 0))
+        with torch.no_grad():
+            loss = method.step_loss(policy, data, list(range(len(data))), 1)
+        if name == "dpo":
+            assert loss.item() == pytest.approx(np.log(2), abs=1e-5)
+            winners = data.trajs[0]
+            expected = (
+                pairs.fusion.targets
+                if fusion
+                else pairs.samples.trajectories.select([t.reference for t in pairs.triples])
+            )
+            assert torch.equal(winners.latents, expected.latents)
+        elif name == "ddpo":
+            assert loss.item() == pytest.approx(-data.advantages.mean().item(), abs=1e-4)  # ratio 1
+        else:  # REINFORCE on the stored (= current) log-probs; the KL term is 0
+            expected = -(data.advantages * data.old_log_probs[:, 1]).mean().item()
+            assert loss.item() == pytest.approx(expected, abs=1e-4)
+
+
+def test_reference_policy_is_the_base_model(lora_pipe) -> None:
+    unet = lora_pipe.unet
+    params = [p for p in unet.parameters() if p.requires_grad]
+    x = torch.randn(2, 4, 16, 16)
+    emb = torch.randn(2, 77, unet.config.cross_attention_dim)
+    with torch.no_grad():
+        before = unet(x, 10, encoder_hidden_states=emb).sample
+        saved = [p.clone() for p in params]
+        for p in params:
+            p.add_(0.5)
+        changed = unet(x, 10, encoder_hidden_states=emb).sample
+        with reference_policy(unet):
+            ref = unet(x, 10, encoder_hidden_states=emb).sample
+        for p, s in zip(params, saved, strict=True):
+            p.copy_(s)
+    assert not torch.allclose(before, changed)
+    assert torch.allclose(before, ref, atol=1e-6)
+
+
+def test_train_cli_end_to_end(tmp_path, tiny_dir) -> None:
+    out = tmp_path / "run"
+    code = _cli(
+        "train",
+        "--method",
+        "dpo",
+        "--fusion",
+        "--model",
+        str(tiny_dir),
+        *TINY_RUN,
+        "--samples-per-prompt",
+        "4",
+        "--epochs",
+        "2",
+        "--eval-samples-per-prompt",
+        "2",
+        "--lr",
+        "1e-3",
+        "--out",
+        str(out),
+    )
+    assert code == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["split"]) for r in rows] == [(e, s) for e in range(3) for s in ("train", "test")]
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2] and all(r["n_pairs"] > 0 for r in log)
+    assert all(r["target_beats_base"] is not None for r in log)
+    run = json.loads((out / "run.json").read_text())
+    assert run["config"]["method"] == "dpo" and run["config"]["fusion"] is True and "torch" in run["versions"]
+    first = (out / "checkpoints/epoch-0000/lora.safetensors").read_bytes()
+    last = (out / "checkpoints/epoch-0002/lora.safetensors").read_bytes()
+    assert first != last  # the update changed the adapters
+    assert (out / "eval/epoch-0002/test.png").is_file() and (out / "eval/epoch-0002/train.csv").is_file()
+    assert _cli("train", "--method", "dpo", "--model", str(tiny_dir), *TINY_RUN, "--out", str(out)) == 2  # not empty
+
+
+def _train_cmd(tiny_dir: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "dfusion_bench",
+        "train",
+        "--method",
+        "ddpo",
+        "--fusion",
+        "--model",
+        str(tiny_dir),
+        *TINY_RUN,
+        "--samples-per-prompt",
+        "8",
+        "--epochs",
+        "2",
+        "--eval-samples-per-prompt",
+        "1",
+        "--train-batch-size",
+        "4",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+        *extra,
+    ]
+
+
+def test_resume_after_sigkill_is_bit_identical(tmp_path, tiny_dir) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    full, broken = tmp_path / "full", tmp_path / "broken"
+    subprocess.run(_train_cmd(tiny_dir, full), check=True, env=env, capture_output=True)
+    proc = subprocess.Popen(_train_cmd(tiny_dir, broken), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pointer = broken / "checkpoints" / "latest.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (pointer.is_file() and json.loads(pointer.read_text())["epoch"] == 1):
+        time.sleep(0.05)
+    time.sleep(0.3)  # into epoch 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert json.loads(pointer.read_text())["epoch"] == 1, "the run finished before it could be killed mid-epoch"
+    subprocess.run([*_train_cmd(tiny_dir, broken), "--resume"], check=True, env=env, capture_output=True)
+    for epoch in (1, 2):
+        name = f"checkpoints/epoch-{epoch:04d}/lora.safetensors"
+        assert (broken / name).read_bytes() == (full / name).read_bytes()
+    rows = (broken / "metrics.jsonl").read_text().splitlines()
+    assert rows == (full / "metrics.jsonl").read_text().splitlines() or len(rows) == 6
+
+
+def test_resume_refuses_a_corrupt_checkpoint(tmp_path, tiny_dir) -> None:
+    out = tmp_path / "run"
+    args = [
+        "train",
+        "--method",
+        "pg",
+        "--model",
+        str(tiny_dir),
+        *TINY_RUN,
+        "--samples-per-prompt",
+        "4",
+        "--epochs",
+        "1",
+        "--eval-samples-per-prompt",
+        "1",
+        "--out",
+        str(out),
+    ]
+    assert _cli(*args) == 0
+    (out / "checkpoints/epoch-0001/lora.safetensors").write_bytes(b"not a safetensors file")
+    assert _cli(*args, "--epochs", "2", "--resume") == 2
+    shutil.rmtree(out / "checkpoints")
+    assert _cli(*args, "--resume") == 2
+
+
+def test_two_processes_keep_lora_identical(tmp_path, tiny_dir) -> None:
+    """ddpo-pytorch #10: unsynchronised LoRA across GPUs. Two gloo processes must hold identical weights."""
+    out = tmp_path / "ddp"
+    # torchrun sets the process-group environment; accelerate sees it and, with no GPU, uses gloo (MULTI_CPU)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "dfusion_bench"]
+    cmd = [
+        *launcher,
+        "train",
+        "--method",
+        "dpo",
+        "--model",
+        str(tiny_dir),
+        *TINY_RUN,
+        "--samples-per-prompt",
+        "4",
+        "--epochs",
+        "1",
+        "--eval-samples-per-prompt",
+        "1",
+        "--lr",
+        "1e-3",
+        "--train-batch-size",
+        "2",
+        "--out",
+        str(out),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = json.loads((out / "train_log.jsonl").read_text().splitlines()[-1])
+    digests = log["lora_sha256_per_process"]
+    assert len(digests) == 2 and digests[0] == digests[1]
+    assert (out / "checkpoints/epoch-0001/lora.safetensors").read_bytes() != (
+        out / "checkpoints/epoch-0000/lora.safetensors"
+    ).read_bytes()
