@@ -1,0 +1,88 @@
+"""Command-line error paths: one line on stderr naming the problem and the fix, exit code 2, nothing written."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dfusion_bench.cli import main
+
+FUSE = [
+    "fuse",
+    "--template",
+    "paper-t1",
+    "--split",
+    "train",
+    "--prompts",
+    "1",
+    "--samples-per-prompt",
+    "4",
+    "--steps",
+    "3",
+    "--scorer",
+    "compressibility",
+]
+
+
+def _run(capsys, *args: str) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as exc:
+        main(list(args))
+    return int(exc.value.code), capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--model", "/no/such/folder"], "no such model folder"),
+        (["--template", "no-such-suite"], "unknown suite 'no-such-suite'"),
+        (["--split", "validation"], "unknown split 'validation'"),
+        (["--scorer", "aesthetic"], "unknown scorer 'aesthetic'"),
+        (["--eta", "0"], "eta"),
+        (["--samples-per-prompt", "2"], "too few"),
+    ],
+)
+def test_fuse_refuses_bad_input(capsys, tmp_path, tiny_dir, args, needle) -> None:
+    out = tmp_path / "out"
+    base = [*FUSE, "--model", str(tiny_dir), "--out", str(out)]
+    code, err = _run(capsys, *base, *args)
+    assert code == 2
+    assert needle in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_fuse_refuses_a_non_empty_output_folder(capsys, tmp_path, tiny_dir) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    code, err = _run(capsys, *FUSE, "--model", str(tiny_dir), "--out", str(out))
+    assert code == 2 and "not empty" in err and "--overwrite" in err
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_fuse_refuses_a_folder_that_is_not_a_pipeline(capsys, tmp_path) -> None:
+    bogus = tmp_path / "bogus"
+    bogus.mkdir()
+    code, err = _run(capsys, *FUSE, "--model", str(bogus), "--out", str(tmp_path / "out"))
+    assert code == 2 and "model_index.json" in err
+
+
+def test_fuse_writes_a_loadable_folder(tmp_path, tiny_dir) -> None:
+    from dfusion_bench import fuse_output
+
+    out = tmp_path / "fz"
+    main_args = [*FUSE, "--model", str(tiny_dir), "--out", str(out), "--samples-per-prompt", "8"]
+    try:
+        main(main_args)
+    except SystemExit as exc:
+        assert exc.code in (0, None)
+    loaded = fuse_output.load(out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["unet_evals_per_target_step"] <= 2
+    assert loaded.targets is not None and len(loaded.targets) == len(loaded.triples) == manifest["n_triples"] > 0
+    assert loaded.masks.shape[:2] == (len(loaded.triples), 3)
+    assert len(list((out / "images" / "triples").glob("*.png"))) == len(loaded.triples)
+    assert len(list((out / "images" / "samples").glob("*.png"))) == 8
+    run = json.loads((out / "run.json").read_text())
+    assert run["config"]["template"] == "paper-t1" and run["seeds"]["seed"] == 0 and "diffusers" in run["versions"]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left behind
