@@ -210,11 +210,11 @@ def read_run(path: Path) -> Run | None:
     if missing:
         warn(f"{path}/run.json: config lacks {', '.join(missing)}; skipped")
         return None
-    scorer = str(config.get("scorer") or "score")
-    metrics = _metrics_frame(path / "metrics.jsonl", scorer)
+    metrics = _metrics_frame(path / "metrics.jsonl", str(config.get("scorer") or "score"))
     if metrics.empty:
         warn(f"{path}: no complete line in metrics.jsonl yet; skipped")
         return None
+    scorer = str(config.get("scorer") or metrics["scorer"].iloc[0])
     seed = config.get("seed", info.get("seeds", {}).get("seed") if isinstance(info.get("seeds"), dict) else None)
     return Run(
         path=path,
@@ -292,19 +292,21 @@ def read_fuse(path: Path) -> Fuse | None:
 
 def folder_kind(path: Path) -> str | None:
     """``"run"``, ``"eval"``, ``"fuse"`` or None, from the folder's marker files."""
-    command = None
-    if (path / "run.json").is_file():
+    command, has_info, readable = None, (path / "run.json").is_file(), True
+    if has_info:
         try:
             info = json.loads((path / "run.json").read_text(encoding="utf-8"))
             command = info.get("command") if isinstance(info, dict) else None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            command = None
+            readable = False
     if command == "train" or (command is None and (path / "metrics.jsonl").is_file()):
         return "run"
     if command == "eval" or (path / "summary.json").is_file():
         return "eval"
     if command == "fuse" or (path / "manifest.json").is_file():
         return "fuse"
+    if has_info and not readable:
+        return "run"  # a damaged run.json: read_run says so, rather than the folder being silently passed over
     return None
 
 
@@ -414,7 +416,7 @@ def runs_frame(runs: Sequence[Run]) -> pd.DataFrame:
                 "eval_epochs": len(run.eval_dirs),
             }
         )
-    frame = pd.DataFrame.from_records(rows)
+    frame = pd.DataFrame.from_records(rows).rename(columns={"label": "model"})
     for split in SPLITS:
         if f"last_epoch_{split}" in frame:
             frame[f"last_epoch_{split}"] = frame[f"last_epoch_{split}"].astype("Int64")

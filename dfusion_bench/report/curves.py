@@ -114,9 +114,13 @@ def plot_curve(points: pd.DataFrame, title: str, metric: str, x: str = "epoch", 
 
 def save_figure(fig: Figure, stem: Path) -> tuple[Path, Path]:
     """Write ``stem.png`` and ``stem.svg`` atomically, without timestamps (same data, same bytes)."""
-    png = atomic.write_with(stem.with_suffix(".png"), lambda p: fig.savefig(p, format="png", metadata={"Software": None}))
+    png = atomic.write_with(
+        stem.with_suffix(".png"), lambda p: fig.savefig(p, format="png", metadata={"Software": None})
+    )
     with rc_context({"svg.fonttype": "none", "svg.hashsalt": "dfusion-report"}):
-        svg = atomic.write_with(stem.with_suffix(".svg"), lambda p: fig.savefig(p, format="svg", metadata={"Date": None}))
+        svg = atomic.write_with(
+            stem.with_suffix(".svg"), lambda p: fig.savefig(p, format="svg", metadata={"Date": None})
+        )
     return png, svg
 
 

@@ -35,7 +35,7 @@ table.data tr:nth-child(even) td { background: #fafbfc; }
 .scroll { overflow-x: auto; }
 .gallery { display: flex; flex-wrap: wrap; gap: 14px; align-items: flex-start; }
 figure { margin: 0; } figure img { max-width: 100%; border: 1px solid #d0d7de; image-rendering: pixelated; }
-.curves figure { width: 560px; } .curves img { image-rendering: auto; border: none; }
+.curves figure { width: 540px; } .curves img { width: 100%; image-rendering: auto; border: none; }
 .pair figure { max-width: 540px; }
 """
 
@@ -115,16 +115,23 @@ def render_gallery(gallery: Gallery, css_class: str = "gallery") -> str:
     return "\n".join(parts)
 
 
+def _curve_order(curve: CurveFile) -> tuple[object, ...]:
+    """Held-out prompts first, then train; mean score before aligned rate (so each row pairs one split's metrics)."""
+    split = {"test": 0, "train": 1}.get(curve.split, 2)
+    metric = {"mean_score": 0, "aligned_rate": 1}.get(curve.metric, 2)
+    return (curve.scorer, split, curve.split, metric, curve.metric)
+
+
 def render_curves(curves: Sequence[CurveFile]) -> str:
     parts = []
     for template in sorted({c.template for c in curves}):
         parts.append(f"<h3>{esc(template)}</h3>")
+        mine = sorted((c for c in curves if c.template == template), key=_curve_order)
         figures = [
             Picture(
                 c.png, f"{c.split} prompts, {METRIC_NAMES.get(c.metric, c.metric)} ({c.scorer}); click for SVG", c.svg
             )
-            for c in curves
-            if c.template == template
+            for c in mine
         ]
         parts.append('<div class="gallery curves">' + "".join(_figure(f) for f in figures) + "</div>")
     return "\n".join(parts)
@@ -159,7 +166,10 @@ def render_page(page: Page) -> str:
 
     counts = ", ".join(f"{n} {what}" for what, n in page.counts.items() if n)
     inputs = ", ".join(f"<code>{esc(i)}</code>" for i in page.inputs)
-    head = [f"<h1>{esc(page.title)}</h1>", f'<p class="meta">Generated {esc(page.generated)} from {inputs}: {counts}.</p>']
+    head = [
+        f"<h1>{esc(page.title)}</h1>",
+        f'<p class="meta">Generated {esc(page.generated)} from {inputs}: {counts}.</p>',
+    ]
     head.append("<nav>" + "".join(f'<a href="#{a}">{esc(h)}</a>' for a, h, _ in sections) + "</nav>")
     if page.notes:
         items = "".join(f"<li>{esc(n)}</li>" for n in page.notes)

@@ -288,8 +288,10 @@ def training_table(runs: Sequence[Run]) -> pd.DataFrame:
     frame = pd.DataFrame.from_records(per_run)
     keys = ["template", "scorer", "model", "method", "fusion"]
     values = [c for c in columns if c not in keys and c != "n_seeds"]
-    summary = frame.groupby(keys, as_index=False)[values].mean()
-    summary["n_seeds"] = frame.groupby(keys)["seed"].nunique().to_numpy()
+    grouped = frame.groupby(keys, as_index=False)
+    summary = grouped[values].mean()
+    summary["epochs"] = grouped["epochs"].max()["epochs"].astype(int)
+    summary["n_seeds"] = grouped["seed"].nunique()["seed"].astype(int)
     return summary[columns]
 
 
@@ -349,15 +351,24 @@ def fuse_table(fuses: Sequence[Fuse]) -> pd.DataFrame:
                 "template": str(c.get("template") or m.get("template") or ""),
                 "split": str(m.get("split") or c.get("split") or ""),
                 "scorer": str(m.get("scorer") or c.get("scorer") or ""),
-                "n_samples": _number(m.get("n_samples")),
-                "n_triples": _number(m.get("n_triples")),
+                "n_samples": _count(m.get("n_samples")),
+                "n_triples": _count(m.get("n_triples")),
                 "target_beats_base_rate": _number(m.get("target_beats_base_rate")),
                 "mean_gain_target_vs_base": _number(m.get("mean_gain_target_vs_base")),
                 "mean_gain_reference_vs_base": _number(m.get("mean_gain_reference_vs_base")),
                 "unet_evals_per_target_step": _number(m.get("unet_evals_per_target_step")),
             }
         )
-    return pd.DataFrame.from_records(rows)
+    frame = pd.DataFrame.from_records(rows)
+    for column in ("n_samples", "n_triples"):
+        if column in frame:
+            frame[column] = frame[column].astype("Int64")
+    return frame
+
+
+def _count(value: object) -> int | None:
+    number = _number(value)
+    return int(number) if math.isfinite(number) else None
 
 
 def _number(value: object) -> float:
@@ -494,7 +505,9 @@ def build_tables(
         inventory = runs_frame(runs)
         add("runs", "Runs", "Every training run folder read.", inventory, display_numbers(inventory))
     evals_frame = evals_table(evals)
-    add("evals", "Evaluations", "One row per dfusion eval folder and scorer.", evals_frame, display_numbers(evals_frame))
+    add(
+        "evals", "Evaluations", "One row per dfusion eval folder and scorer.", evals_frame, display_numbers(evals_frame)
+    )
     fuse_frame = fuse_table(fuses)
     add("fuse", "D-Fusion triples", "One row per dfusion fuse folder.", fuse_frame, display_numbers(fuse_frame))
     if curves is not None:
@@ -583,4 +596,3 @@ def load_report_tables(out: str | Path) -> dict[str, pd.DataFrame]:
         if path.stem not in tables:
             tables[path.stem] = pd.read_csv(path)
     return tables
-

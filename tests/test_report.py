@@ -1,0 +1,302 @@
+"""``dfusion report``: table numbers against hand computations, files, round-trips, re-runs, bad input, Chromium."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import report_fixtures as fx
+import typer
+from PIL import Image
+from typer.testing import CliRunner
+
+from dfusion_bench.cli.report import report
+from dfusion_bench.errors import UserError
+from dfusion_bench.report import build_report, load_report_tables, stats
+from dfusion_bench.report import curves as curves_mod
+from dfusion_bench.report.collect import ReportWarning, collect
+from dfusion_bench.report.tables import final_table, gain_table, to_latex, to_markdown
+
+CHROMIUM = Path("/usr/bin/chromium")
+T_975_DF1 = math.tan(math.pi * 0.475)  # Student t with 1 d.o.f. is Cauchy: its 97.5% quantile is tan(0.475 pi)
+
+
+def _row(frame: pd.DataFrame, **match: object) -> pd.Series:
+    mask = pd.Series(True, index=frame.index)
+    for key, value in match.items():
+        mask &= frame[key] == value
+    rows = frame[mask]
+    assert len(rows) == 1, f"{len(rows)} rows match {match}"
+    return rows.iloc[0]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Every kind of input, and one report built from all of them."""
+    root = tmp_path_factory.mktemp("report")
+    paths = fx.write_everything(root / "in")
+    out = root / "out"
+    paths["index"] = build_report([paths["runs"], paths["eval"], paths["fuse"]], out)
+    paths["out"] = out
+    return paths
+
+
+@pytest.fixture(scope="module")
+def tables(built: dict[str, Path]) -> dict[str, pd.DataFrame]:
+    return load_report_tables(built["out"])
+
+
+# ---- statistics against hand computations -------------------------------------------------------------------------
+
+
+def test_mean_ci_is_the_student_t_interval() -> None:
+    ci = stats.mean_ci([0.70, 0.80])
+    assert ci.mean == pytest.approx(0.75)
+    assert ci.half_width == pytest.approx(T_975_DF1 * 0.05)  # s / sqrt(2) = |a - b| / 2
+    assert ci.n == 2
+    single = stats.mean_ci([0.3])
+    assert single.mean == pytest.approx(0.3) and math.isnan(single.half_width) and single.n == 1
+
+
+def test_final_table_mean_ci_and_seed_count(tables: dict[str, pd.DataFrame]) -> None:
+    final = tables["final"]
+    row = _row(final, template=fx.TEMPLATE, split="test", model="dpo + D-Fusion")
+    assert row["mean_score"] == pytest.approx(0.75, abs=1e-9)
+    assert row["mean_score_ci95"] == pytest.approx(T_975_DF1 * 0.05, abs=1e-9)
+    assert (row["n_seeds"], row["seeds"], row["epoch"]) == (2, "0,1", fx.EPOCHS)
+    plain = _row(final, template=fx.TEMPLATE, split="train", model="ddpo")
+    assert plain["mean_score"] == pytest.approx((0.52 + 0.58) / 2 + fx.TRAIN_SHIFT, abs=1e-9)
+    single = _row(final, template=fx.SINGLE_TEMPLATE, split="test", model="pg")
+    assert single["n_seeds"] == 1 and math.isnan(single["mean_score_ci95"])
+    assert single["mean_score"] == pytest.approx(sum(fx.SINGLE_WITHOUT) / len(fx.SINGLE_WITHOUT), abs=1e-9)
+
+
+def test_final_table_has_the_base_model_row_first(tables: dict[str, pd.DataFrame]) -> None:
+    final = tables["final"]
+    group = final[(final["template"] == fx.TEMPLATE) & (final["split"] == "test")]
+    base = group.iloc[0]
+    assert base["model"] == "base (epoch 0)" and base["epoch"] == 0 and pd.isna(base["fusion"])
+    assert base["mean_score"] == pytest.approx((0.40 + 0.44) / 2, abs=1e-9)
+    assert base["mean_score_ci95"] == pytest.approx(T_975_DF1 * 0.02, abs=1e-9)
+    assert base["n_seeds"] == 2  # eight runs share two seeds: two base-model measurements, not eight
+
+
+def test_fusion_gain_is_seed_paired_t_test(tables: dict[str, pd.DataFrame]) -> None:
+    row = _row(tables["fusion_gain"], template=fx.TEMPLATE, split="test", method="dpo", metric="mean_score")
+    # differences 0.10 and 0.15: mean 0.125, sd 0.025 * sqrt(2), t = 0.125 / 0.025 = 5 on 1 d.o.f. (Cauchy)
+    assert row["gain"] == pytest.approx(0.125, abs=1e-9)
+    assert row["with_fusion"] == pytest.approx(0.75, abs=1e-9)
+    assert row["without_fusion"] == pytest.approx(0.625, abs=1e-9)
+    assert row["p_value"] == pytest.approx(1 - 2 * math.atan(5) / math.pi, rel=1e-6)
+    assert row["gain_ci95"] == pytest.approx(T_975_DF1 * 0.025, abs=1e-9)
+    assert (row["test"], row["unit"], row["n"], row["seeds"]) == (stats.SEED_TEST, "seeds", 2, "0,1")
+
+
+def test_fusion_gain_with_one_seed_is_wilcoxon_over_prompts(tables: dict[str, pd.DataFrame]) -> None:
+    row = _row(tables["fusion_gain"], template=fx.SINGLE_TEMPLATE, split="test", method="pg", metric="mean_score")
+    # six prompts, every difference positive: the exact two-sided signed-rank p-value is 2 / 2**6
+    assert row["p_value"] == pytest.approx(2 / 2**6)
+    assert (row["test"], row["unit"], row["n"], row["seeds"]) == (stats.PROMPT_TEST, "prompts", 6, str(fx.SINGLE_SEED))
+    assert row["gain"] == pytest.approx(sum(fx.SINGLE_GAINS) / len(fx.SINGLE_GAINS), abs=1e-9)
+
+
+def test_fusion_gain_without_a_shared_seed_is_untested(tmp_path: Path) -> None:
+    fx.write_run(tmp_path / "a", fx.RunSpec("t", "dpo", True, 0, fx.linear(0.4, 0.7)))
+    fx.write_run(tmp_path / "b", fx.RunSpec("t", "dpo", False, 1, fx.linear(0.4, 0.6)))
+    with pytest.warns(ReportWarning, match="no seed run both"):
+        gain = gain_table(collect([tmp_path]).runs)
+    row = _row(gain, split="test", metric="mean_score")
+    assert row["test"] == stats.NO_TEST and row["n"] == 0 and math.isnan(row["p_value"])
+    assert row["gain"] == pytest.approx(0.1, abs=1e-9)
+
+
+# ---- files ---------------------------------------------------------------------------------------------------------
+
+
+def test_report_writes_curves_tables_and_index(built: dict[str, Path]) -> None:
+    out = built["out"]
+    assert built["index"] == out / "index.html"
+    for split in ("train", "test"):
+        for metric in ("mean_score", "aligned_rate"):
+            png = out / "curves" / f"{fx.TEMPLATE}_{split}_{metric}.png"
+            with Image.open(png) as image:
+                assert image.format == "PNG" and image.size[0] > 300
+            svg = (out / "curves" / f"{fx.TEMPLATE}_{split}_{metric}.svg").read_text()
+            assert "<svg" in svg and "dpo + D-Fusion" in svg  # text kept as text: small, searchable
+            assert png.stat().st_size < 200_000
+    for name in ("final", "fusion_gain", "training", "runs", "evals", "fuse", "curves"):
+        for ext in ("csv", "parquet", "md", "tex"):
+            assert (out / "tables" / f"{name}.{ext}").stat().st_size > 0, f"{name}.{ext}"
+    md = (out / "tables" / "final.md").read_text()
+    assert "| 0,1 (2) | 0.750 ± 0.635 |" in md
+    tex = (out / "tables" / "final.tex").read_text()
+    assert r"0.750 $\pm$ 0.635" in tex and r"\begin{tabular}" in tex
+
+
+def test_index_is_self_contained(built: dict[str, Path]) -> None:
+    out, page = built["out"], built["index"].read_text()
+    sources = re.findall(r'(?:src|href)="([^"#]+)"', page)
+    assert sources, "no images or links"
+    for src in sources:
+        assert not re.match(r"^[a-z]+:|^/", src), f"{src} is not a relative path inside the report"
+        assert (out / src).is_file(), f"{src} missing from the report folder"
+    assert "<script" not in page and "http://" not in page and "https://" not in page
+    images = [s for s in sources if s.startswith("images/")]
+    assert any("/fuse/" in s for s in images) and any("/evals/" in s for s in images)
+    assert any(s.endswith("epoch-0000.png") for s in images) and any(s.endswith("epoch-0003.png") for s in images)
+    assert "reference 0.900 | base 0.200 | target 0.100" in page  # triple 0's scores, from triples.csv
+    assert "D-Fusion gain" in page and "Wilcoxon signed-rank over prompts (seed 7)" in page
+
+
+def test_curve_band_only_with_several_seeds(built: dict[str, Path]) -> None:
+    runs = collect([built["runs"]]).runs
+    points = curves_mod.curve_points(runs)
+    mean = points[(points["metric"] == "mean_score") & (points["split"] == "test")]
+    multi = curves_mod.plot_curve(mean[mean["template"] == fx.TEMPLATE], "t", "mean_score")
+    single = curves_mod.plot_curve(mean[mean["template"] == fx.SINGLE_TEMPLATE], "t", "mean_score")
+    assert len(multi.axes[0].lines) == 4 and len(multi.axes[0].collections) == 4  # one band per line
+    assert len(single.axes[0].lines) == 2 and len(single.axes[0].collections) == 0
+    epoch3 = _row(mean, template=fx.TEMPLATE, model="dpo", epoch=3)
+    assert epoch3["mean"] == pytest.approx(0.625, abs=1e-9) and epoch3["n"] == 2
+
+
+def test_samples_seen_axis(tmp_path: Path) -> None:
+    runs = fx.write_single_seed_pair(tmp_path / "in")
+    build_report(runs, tmp_path / "out", x="samples_seen")
+    assert (tmp_path / "out" / "curves" / f"{fx.SINGLE_TEMPLATE}_test_mean_score_by_samples.svg").is_file()
+    assert not (tmp_path / "out" / "curves" / f"{fx.SINGLE_TEMPLATE}_test_mean_score.svg").exists()
+
+
+def test_markdown_and_latex_escape_cells() -> None:
+    frame = pd.DataFrame({"a_b": ["x&y|z"], "c": ["50% ± 1"]})
+    assert "x&y\\|z" in to_markdown(frame)
+    tex = to_latex(frame)
+    assert r"a\_b" in tex and r"x\&y|z" in tex and r"50\% $\pm$ 1" in tex
+
+
+# ---- round trip, re-runs, damaged input ----------------------------------------------------------------------------
+
+
+def test_load_report_tables_round_trips(built: dict[str, Path], tables: dict[str, pd.DataFrame]) -> None:
+    runs = collect([built["runs"]]).runs
+    pd.testing.assert_frame_equal(tables["final"], final_table(runs))
+    pd.testing.assert_frame_equal(tables["fusion_gain"], gain_table(runs))
+    assert set(tables) == {"final", "fusion_gain", "training", "runs", "evals", "fuse", "curves"}
+    csv = pd.read_csv(built["out"] / "tables" / "fusion_gain.csv")
+    assert csv["p_value"].tolist() == pytest.approx(tables["fusion_gain"]["p_value"].tolist(), nan_ok=True)
+
+
+def test_rerun_overwrites_only_its_own_files(tmp_path: Path) -> None:
+    paths = fx.write_everything(tmp_path / "in")
+    out = tmp_path / "out"
+    build_report([paths["runs"], paths["eval"], paths["fuse"]], out)
+    (out / "mine.txt").write_text("kept")
+    first = json.loads((out / "report.json").read_text())["files"]
+    build_report([paths["runs"], paths["eval"], paths["fuse"]], out)
+    assert json.loads((out / "report.json").read_text())["files"] == first
+
+    build_report([paths["runs"] / fx.SINGLE_TEMPLATE], out)  # fewer inputs: the rest must go
+    files = json.loads((out / "report.json").read_text())["files"]
+    on_disk = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert on_disk == sorted([*files, "mine.txt", "report.json"])
+    assert not (out / "curves" / f"{fx.TEMPLATE}_test_mean_score.png").exists()
+    assert not (out / "images" / "fuse").exists() and not (out / "tables" / "evals.csv").exists()
+    assert fx.TEMPLATE not in (out / "index.html").read_text()
+    assert set(load_report_tables(out)["final"]["template"]) == {fx.SINGLE_TEMPLATE}
+
+
+def test_truncated_last_metrics_line_is_skipped(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    fx.write_multi_seed_runs(runs)
+    metrics = runs / fx.TEMPLATE / fx.run_name("dpo", True, 1) / "metrics.jsonl"
+    lines = metrics.read_text().splitlines()[:-2]  # drop epoch 3 (train, test) ...
+    metrics.write_text("\n".join(lines) + '\n{"epoch": 3, "split": "te')  # ... and leave it half written
+    with pytest.warns(ReportWarning) as record:
+        build_report([runs], tmp_path / "out")
+    messages = [str(w.message) for w in record]
+    assert any("metrics.jsonl:7: unparsable line" in m for m in messages), messages
+    assert any("end at different epochs (2, 3)" in m for m in messages), messages
+    row = _row(load_report_tables(tmp_path / "out")["final"], split="test", model="dpo + D-Fusion")
+    at_epoch_2 = 0.44 + (0.80 - 0.44) * 2 / 3
+    assert row["mean_score"] == pytest.approx((0.70 + at_epoch_2) / 2, abs=1e-9)
+    assert (row["epoch_min"], row["epoch"], row["n_seeds"]) == (2, 3, 2)
+    assert "unparsable line" in (tmp_path / "out" / "index.html").read_text()
+
+
+def test_a_repeated_seed_is_counted_once(tmp_path: Path) -> None:
+    runs = fx.write_single_seed_pair(tmp_path / "runs")
+    shutil.copytree(runs[0], tmp_path / "runs" / "again")
+    with pytest.warns(ReportWarning, match="left out"):
+        found = collect([tmp_path / "runs"])
+    assert len(found.runs) == 2
+
+
+def test_bad_inputs_are_user_errors(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="does not exist"):
+        build_report([tmp_path / "missing"], tmp_path / "out")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="nothing to report"), pytest.warns(ReportWarning):
+        build_report([tmp_path / "empty"], tmp_path / "out")
+    junk = tmp_path / "junk" / "a" / "b"
+    junk.mkdir(parents=True)
+    (junk / "notes.json").write_text("{}")
+    (tmp_path / "junk" / "readme.txt").write_text("hi")
+    with pytest.raises(UserError, match="nothing to report"), pytest.warns(ReportWarning):
+        build_report([tmp_path / "junk"], tmp_path / "out")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "run.json").write_text('{"command": "train", "config": {"method": "dpo"')
+    with pytest.raises(UserError, match="nothing to report"), pytest.warns(ReportWarning, match="run.json"):
+        build_report([broken], tmp_path / "out")
+    with pytest.raises(UserError, match="is a file"):
+        build_report([tmp_path / "junk" / "readme.txt"], tmp_path / "out")
+    run = fx.write_run(tmp_path / "run", fx.RunSpec("t", "dpo", True, 0, fx.linear(0.4, 0.7)))
+    with pytest.raises(UserError, match="is a file"):
+        build_report([run], tmp_path / "junk" / "readme.txt")
+    with pytest.raises(UserError, match="no input"):
+        build_report([], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_prints_where_the_report_is(tmp_path: Path) -> None:
+    app = typer.Typer()
+    app.command()(report)
+    runs = fx.write_single_seed_pair(tmp_path / "runs")
+    result = CliRunner().invoke(app, [str(runs[0].parent), "--out", str(tmp_path / "rep")])
+    assert result.exit_code == 0, result.output
+    assert f"report: {tmp_path / 'rep' / 'index.html'}" in result.output
+    bad = CliRunner().invoke(app, [str(tmp_path / "nope"), "--out", str(tmp_path / "rep")])
+    assert isinstance(bad.exception, UserError)
+
+
+# ---- headless Chromium ---------------------------------------------------------------------------------------------
+
+
+def _chromium(args: list[str], profile: Path) -> subprocess.CompletedProcess[str]:
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"]
+    flags += ["--disable-background-networking", "--disable-component-update", "--disable-sync"]
+    cmd = [str(CHROMIUM), *flags, f"--user-data-dir={profile}", *args]
+    return subprocess.run(
+        cmd, capture_output=True, text=True, timeout=120, env={"HOME": str(profile), "PATH": "/usr/bin:/bin"}
+    )
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium missing (apt-get install -y chromium)")
+def test_index_renders_in_headless_chromium(built: dict[str, Path], tmp_path: Path) -> None:
+    url = built["index"].resolve().as_uri()
+    shot = tmp_path / "shot.png"
+    _chromium([f"--screenshot={shot}", "--window-size=1200,2000", url], tmp_path / "profile")
+    assert shot.is_file(), "no screenshot"
+    with Image.open(shot) as image:
+        assert image.size == (1200, 2000)
+        colors = image.convert("RGB").getcolors(maxcolors=1 << 16)
+        assert colors is None or len(colors) > 16, "blank screenshot"
+    dom = _chromium(["--dump-dom", url], tmp_path / "profile2").stdout
+    assert "D-Fusion gain" in dom and "0.750 ± 0.635" in dom and stats.PROMPT_TEST in dom
+    assert "base (epoch 0)" in dom
