@@ -86,3 +86,56 @@ def test_fuse_writes_a_loadable_folder(tmp_path, tiny_dir) -> None:
     run = json.loads((out / "run.json").read_text())
     assert run["config"]["template"] == "paper-t1" and run["seeds"]["seed"] == 0 and "diffusers" in run["versions"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left behind
+
+
+def test_eval_rows_have_the_same_shape_for_a_run_and_a_model(tmp_path, tiny_dir) -> None:
+    import pandas as pd
+
+    run = tmp_path / "run"
+    common = ["--template", "paper-t1", "--prompts", "1", "--scorer", "compressibility", "--steps", "3"]
+    train = [
+        "train",
+        "--method",
+        "pg",
+        "--model",
+        str(tiny_dir),
+        *common,
+        "--samples-per-prompt",
+        "4",
+        "--epochs",
+        "1",
+        "--eval-samples-per-prompt",
+        "1",
+        "--out",
+        str(run),
+    ]
+    for args in (
+        train,
+        ["eval", "--split", "test", "--run", str(run), *common, "--out", str(tmp_path / "a")],
+        ["eval", "--split", "test", "--model", str(tiny_dir), *common, "--out", str(tmp_path / "b")],
+    ):
+        try:
+            main(args)
+        except SystemExit as exc:
+            assert exc.code in (0, None)
+    a, b = pd.read_csv(tmp_path / "a" / "samples.csv"), pd.read_csv(tmp_path / "b" / "samples.csv")
+    assert list(a.columns) == list(b.columns) and len(a) == len(b) == 4
+    assert list(a.seed) == list(b.seed)  # the fixed evaluation seeds
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert summary["source"]["epoch"] == 1 and summary["method"] == "pg" and "compressibility" in summary["scorers"]
+
+
+def test_eval_refuses_run_and_model_together(capsys, tmp_path, tiny_dir) -> None:
+    code, err = _run(
+        capsys,
+        "eval",
+        "--split",
+        "test",
+        "--run",
+        str(tmp_path),
+        "--model",
+        str(tiny_dir),
+        "--out",
+        str(tmp_path / "o"),
+    )
+    assert code == 2 and "not both" in err

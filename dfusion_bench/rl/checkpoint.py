@@ -53,3 +53,29 @@ def load(run: Path, epoch: int, unet) -> dict[str, Any]:
         return torch.load(folder / "trainer_state.pt", map_location="cpu", weights_only=False)
     except Exception as exc:
         raise UserError(f"{folder / 'trainer_state.pt'} is corrupt ({exc}); start the run afresh") from None
+
+
+def load_policy(run: Path, epoch: int | None, device, dtype):
+    """The pipeline of a training run with the LoRA weights of ``epoch`` (default: the latest checkpoint).
+
+    Returns ``(pipe, config, epoch)``; the UNet carries the run's adapters, active.
+    """
+    from dfusion_bench.rl.config import TrainConfig
+    from dfusion_bench.rl.lora import add_lora
+    from dfusion_bench.session import ModelChoice
+
+    run = Path(run)
+    if not (run / "config.json").is_file():
+        raise UserError(f"--run {run}: not a training run folder (no config.json); pass a `dfusion train --out` folder")
+    config = TrainConfig.load(run / "config.json")
+    latest = latest_epoch(run)
+    if latest is None:
+        raise UserError(f"--run {run}: the run has no checkpoint yet")
+    epoch = latest if epoch is None else epoch
+    if not epoch_dir(run, epoch).is_dir():
+        raise UserError(f"--epoch {epoch}: {run} has no checkpoint of that epoch (latest: {latest})")
+    pipe = ModelChoice.check(Path(config.model) if config.model else None).load(device, dtype)
+    add_lora(pipe.unet, config.lora, config.seed)
+    load_lora(pipe.unet, epoch_dir(run, epoch) / "lora.safetensors")
+    pipe.unet.requires_grad_(False)
+    return pipe, config, epoch
