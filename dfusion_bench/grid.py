@@ -1,0 +1,101 @@
+"""The whole benchmark grid in one command: every method × fusion × suite × seed, then the report.
+
+``python -m dfusion_bench.grid --seeds 0 1`` (or ``nox -s grid -- --seeds 0 1``) trains each cell as its own
+``dfusion train`` process (``--jobs`` at a time, one CPU thread each), resumes cells that were interrupted, skips
+cells that are complete, and finally builds the report over all runs. The per-run configuration is
+:data:`GRID_CONFIG`, sized so that one run takes at most about 20 minutes on a 2-core laptop CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+METHODS = ("dpo", "ddpo", "pg")
+SUITES = ("shapes-objects", "shapes-binding", "shapes-spatial")
+
+#: One run of the grid on the embedded model (see the README for the measured times).
+GRID_CONFIG = [
+    "--prompts", "8",
+    "--samples-per-prompt", "8",
+    "--epochs", "8",
+    "--eval-every", "2",
+    "--eval-samples-per-prompt", "4",
+    "--train-batch-size", "8",
+]  # fmt: skip
+
+
+def run_dir(root: Path, method: str, fusion: bool, suite: str, seed: int) -> Path:
+    return root / f"{method}-{'fusion' if fusion else 'plain'}-{suite}-s{seed}"
+
+
+def is_complete(run: Path, epochs: int) -> bool:
+    pointer = run / "checkpoints" / "latest.json"
+    return pointer.is_file() and json.loads(pointer.read_text()).get("epoch") == epochs
+
+
+def command(run: Path, method: str, fusion: bool, suite: str, seed: int, extra: list[str]) -> list[str]:
+    flag = "--fusion" if fusion else "--no-fusion"
+    cmd = [sys.executable, "-m", "dfusion_bench", "train", "--method", method, flag, "--template", suite,
+           "--seed", str(seed), "--out", str(run), "--device", "cpu", *GRID_CONFIG, *extra]  # fmt: skip
+    if (run / "checkpoints" / "latest.json").is_file():
+        cmd.append("--resume")
+    elif run.exists():
+        cmd.append("--overwrite")  # a run that died before its first checkpoint: start it again
+    return cmd
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Train every method x fusion x suite, then build the report.")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS))
+    parser.add_argument("--suites", nargs="+", default=list(SUITES))
+    parser.add_argument("--out", type=Path, default=Path("runs/grid"))
+    parser.add_argument("--report", type=Path, default=Path("results/report"))
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (each uses one CPU thread)")
+    parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more `dfusion train` options")
+    args = parser.parse_args(argv)
+    console = Console()
+    epochs = int(GRID_CONFIG[GRID_CONFIG.index("--epochs") + 1])
+    cells = [(m, f, s, seed) for seed in args.seeds for s in args.suites for m in args.methods for f in (False, True)]
+    todo = [c for c in cells if not is_complete(run_dir(args.out, *c), epochs)]
+    console.print(f"{len(cells)} runs, {len(cells) - len(todo)} complete, {len(todo)} to do, {args.jobs} at a time")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    running: list[tuple[subprocess.Popen, Path, float]] = []
+    failed = []
+    args.out.mkdir(parents=True, exist_ok=True)
+    while todo or running:
+        while todo and len(running) < args.jobs:
+            cell = todo.pop(0)
+            run = run_dir(args.out, *cell)
+            log = open(args.out / f"{run.name}.log", "w")  # noqa: SIM115 - closed with the process
+            proc = subprocess.Popen(command(run, *cell, args.extra), env=env, stdout=log, stderr=subprocess.STDOUT)
+            running.append((proc, run, time.time()))
+            console.print(f"started {run.name}")
+        time.sleep(2)
+        for item in list(running):
+            proc, run, start = item
+            if proc.poll() is not None:
+                running.remove(item)
+                status = "done" if proc.returncode == 0 else f"FAILED ({proc.returncode}, see {run.name}.log)"
+                console.print(f"{run.name}: {status} in {(time.time() - start) / 60:.1f} min")
+                if proc.returncode != 0:
+                    failed.append(run.name)
+    from dfusion_bench.report import build_report
+
+    index = build_report([args.out], args.report)
+    console.print(f"report: {index}")
+    if failed:
+        console.print(f"[red]{len(failed)} runs failed: {', '.join(failed)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
