@@ -122,7 +122,7 @@ def recompute_log_probs(
             out.append(
                 torch.stack(
                     [
-                        transition_log_prob(pipe, unet, text, part.latents, part.timesteps, i, part.config).cpu()
+                        transition(pipe, unet, text, part.latents, part.timesteps, i, part.config)[1].cpu()
                         for i in range(len(part.timesteps))
                     ],
                     dim=1,
@@ -150,16 +150,3 @@ def transition(
     eps = guided_output(unet, x_t, t, text, config.guidance_scale)
     _, logp = ddim_step(pipe.scheduler, eps, t, prev_timestep_of(timesteps, index), x_t, config.eta, x_prev=x_prev)
     return eps, logp
-
-
-def transition_log_prob(
-    pipe: StableDiffusionPipeline,
-    unet: UNet2DConditionModel,
-    text: TextConditioning,
-    latents: torch.Tensor,
-    timesteps: torch.Tensor,
-    index: int,
-    config: SamplerConfig,
-) -> torch.Tensor:
-    """log p(x_{t-1} | x_t, c) of step ``index`` of stored latents (B, T + 1, ...)."""
-    return transition(pipe, unet, text, latents, timesteps, index, config)[1]

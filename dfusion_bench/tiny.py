@@ -32,27 +32,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from dfusion_bench.clip_tokenizer import EOS, clip_tokenizer
 from dfusion_bench.errors import UserError
 from dfusion_bench.models import hf_quiet
+from dfusion_bench.sd_parts import DDIM_SETTINGS, NOISE_SCHEDULE, assemble
 
 ARCHS = ("tiny", "sd21")
 #: Provenance file written into a saved tiny pipeline (diffusers ignores it).
 TINY_MARKER = "dfusion_tiny.json"
 
 #: Stable Diffusion's noise schedule, as in SD 1.x/2.x ``scheduler/scheduler_config.json``.
-SD_SCHEDULE: dict[str, Any] = dict(
-    num_train_timesteps=1000,
-    beta_start=0.00085,
-    beta_end=0.012,
-    beta_schedule="scaled_linear",
-    clip_sample=False,
-    set_alpha_to_one=False,
-    steps_offset=1,
-)
+SD_SCHEDULE: dict[str, Any] = {**NOISE_SCHEDULE, **DDIM_SETTINGS}
 
 #: ``unet/config.json`` of stabilityai/stable-diffusion-2-1-base (values that differ from diffusers' defaults are
 #: written out; the rest — act_fn silu, norm_num_groups 32, flip_sin_to_cos, downsample_padding 1, … — are defaults).
@@ -151,11 +144,6 @@ def make_text_encoder(arch: str, tokenizer: CLIPTokenizer) -> CLIPTextModel:
     return CLIPTextModel(config)
 
 
-def make_scheduler() -> DDIMScheduler:
-    """DDIM with SD's training schedule."""
-    return DDIMScheduler(**SD_SCHEDULE)
-
-
 def build_tiny_pipeline(
     arch: str = "tiny", seed: int = 0, sample_size: int | None = None, device: str | torch.device = "cpu"
 ) -> StableDiffusionPipeline:
@@ -179,16 +167,7 @@ def build_tiny_pipeline(
         unet = UNet2DConditionModel(**cfg)
         vae = make_vae(arch, cfg["sample_size"] * 2 ** (len(_VAE_BLOCKS[arch]) - 1))
         text_encoder = make_text_encoder(arch, tokenizer)
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=make_scheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    pipe = assemble(vae, text_encoder, tokenizer, unet)
     for module in (pipe.unet, pipe.vae, pipe.text_encoder):
         module.eval()
     if not meta:

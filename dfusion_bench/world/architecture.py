@@ -7,16 +7,13 @@ a ``CLIPTokenizer`` and SD's DDIM noise schedule — so every code path of the t
 
 from __future__ import annotations
 
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from dfusion_bench.world.render import IMAGE_SIZE
 
 LATENT_SIZE = IMAGE_SIZE // 2
 TEXT_WIDTH = 64
-
-#: Stable Diffusion's training noise schedule (scaled-linear betas), shared by training and DDIM sampling.
-SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
 
 
 def make_vae() -> AutoencoderKL:
@@ -61,23 +58,3 @@ def make_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
         pad_token_id=tokenizer.pad_token_id,
     )
     return CLIPTextModel(config)
-
-
-def make_scheduler() -> DDIMScheduler:
-    return DDIMScheduler(**SCHEDULE, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-
-
-def assemble(
-    vae: AutoencoderKL, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer, unet: UNet2DConditionModel
-) -> StableDiffusionPipeline:
-    """A standard diffusers pipeline from trained parts (no safety checker: the world has nothing to filter)."""
-    return StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=make_scheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )

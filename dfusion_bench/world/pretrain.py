@@ -24,6 +24,7 @@ from diffusers.training_utils import EMAModel
 from dfusion_bench import atomic
 from dfusion_bench.errors import UserError
 from dfusion_bench.progress import progress_bar
+from dfusion_bench.sd_parts import NOISE_SCHEDULE, assemble
 from dfusion_bench.world import architecture
 from dfusion_bench.world.render import draw
 from dfusion_bench.world.scenes import training_example
@@ -174,7 +175,7 @@ def _train_unet(state: _State, deadline: float, out: Path) -> bool:
     vae.eval().requires_grad_(False)
     unet.train()
     text.train()
-    noise_schedule = DDPMScheduler(**architecture.SCHEDULE)
+    noise_schedule = DDPMScheduler(**NOISE_SCHEDULE)
     alphas = noise_schedule.alphas_cumprod
     snr = alphas / (1 - alphas)
     weights = torch.clamp(snr, max=cfg.min_snr_gamma) / snr
@@ -217,7 +218,7 @@ def export_pipeline(state: _State, dest: Path) -> Path:
     """Write the EMA weights as a standard diffusers folder (atomically: built beside ``dest``, then renamed)."""
     state.ema_unet.copy_to(state.unet.parameters())
     state.ema_text.copy_to(state.text.parameters())
-    pipe = architecture.assemble(state.vae, state.text, state.tokenizer, state.unet)
+    pipe = assemble(state.vae, state.text, state.tokenizer, state.unet)
     tmp = dest.with_name(f".{dest.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.save_pretrained(tmp, safe_serialization=True)
