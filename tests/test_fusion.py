@@ -142,3 +142,27 @@ def test_mask_layers_default_to_quarter_resolution(tiny_pipe) -> None:
     assert names and all(".attn2." in n for n in names)
     with pytest.raises(UserError, match="no cross-attention layer runs at 3x3"):
         select_cross_attention(unet, 3)
+
+
+def test_sd21_architecture_runs_a_fused_step() -> None:
+    """SD 2.1-base's UNet (its diffusers config, random weights, a 16x16 latent) takes the processors by name."""
+    from dfusion_bench.tiny import build_tiny_pipeline
+
+    pipe = build_tiny_pipeline("sd21", seed=0, sample_size=16)
+    prompt = "a dog driving a car"
+    entry = {prompt: Entry(prompt, ("dog", "car"), (None, None))}
+    samples = sample(pipe, [prompt, prompt], [1, 2], SamplerConfig(num_steps=2))
+    result = fuse_triples(pipe, samples, [Triple(0, 1)], entry, FusionConfig(skip_first_steps=1))
+    plan = result.plan
+    assert len(plan.fuse_layers) == 10  # mid block (1) + up blocks 1-3 (3 each)
+    assert plan.fuse_layers[0] == "up_blocks.1.attentions.0.transformer_blocks.0.attn1.processor"
+    assert "mid_block.attentions.0.transformer_blocks.0.attn1.processor" in plan.fuse_layers
+    assert plan.mask_resolution == 4  # latent 16 / 4, as 16x16 is for a 64x64 latent
+    assert sorted(plan.mask_layers) == sorted(
+        [f"down_blocks.2.attentions.{i}.transformer_blocks.0.attn2.processor" for i in range(2)]
+        + [f"up_blocks.1.attentions.{i}.transformer_blocks.0.attn2.processor" for i in range(3)]
+    )
+    assert {name for _, name in result.events} == set(plan.fuse_layers) and {s for s, _ in result.events} == {1}
+    assert torch.isfinite(result.targets.latents).all()
+    unfused, base = result.targets.latents[0, :2], samples.latents[1, :2]  # step 0 is unfused: the base's step
+    assert ((unfused - base).abs().max() / base.abs().max()) < 1e-5
