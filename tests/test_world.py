@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from dfusion_bench.errors import UserError
 from dfusion_bench.world.grammar import ObjectSpec, SceneSpec, format_prompt, parse, vocabulary
-from dfusion_bench.world.render import draw, layout, relation_holds, render
+from dfusion_bench.world.render import draw, relation_holds, render
 from dfusion_bench.world.scenes import random_spec, training_example
 from dfusion_bench.world.tokenizer import build_tokenizer
 from dfusion_bench.world.verify import verify
@@ -89,3 +90,20 @@ def test_verifier_breakdown_names_the_failing_fact() -> None:
     assert not wrong_color.facts["object0"] and wrong_color.facts["object1"]
     extra = verify(parse("a red circle"), image)
     assert extra.facts == {"object0": True, "count": False} and extra.score == 0.5
+
+
+def test_pretraining_resumes_to_the_same_weights(tmp_path) -> None:
+    from safetensors.torch import load_file
+
+    from dfusion_bench.world.pretrain import PretrainConfig, pretrain
+
+    cfg = PretrainConfig(vae_steps=3, unet_steps=3, batch_size=4, checkpoint_every=2, warmup_steps=2)
+    full = pretrain(tmp_path / "full", cfg)
+    assert pretrain(tmp_path / "split", cfg, stop_at=4) is None  # stopped inside the UNet phase
+    with pytest.raises(UserError, match="--resume"):
+        pretrain(tmp_path / "split", cfg)
+    resumed = pretrain(tmp_path / "split", cfg, resume=True)
+    for part in ("unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"):
+        a, b = load_file(str(full / part)), load_file(str(resumed / part))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (resumed / "dfusion_world.json").is_file()

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,13 +135,13 @@ def _load_checkpoint(out: Path, cfg: PretrainConfig) -> dict:
     return sd
 
 
-def _train_vae(state: _State, deadline: float, out: Path) -> bool:
+def _train_vae(state: _State, stop: Callable[[], bool], out: Path) -> bool:
     cfg, vae = state.cfg, state.vae
     vae.train()
     with progress_bar() as bar:
         task = bar.add_task("VAE", total=cfg.vae_steps, completed=state.vae_step)
         while state.vae_step < cfg.vae_steps:
-            if time.monotonic() > deadline:
+            if stop():
                 return False
             x, _ = scene_batch(cfg.seed, 0, state.vae_step, cfg.batch_size)
             for group in state.vae_opt.param_groups:
@@ -170,7 +171,7 @@ def _set_scaling_factor(state: _State) -> None:
     state.vae.register_to_config(scaling_factor=float(1.0 / z.std()))
 
 
-def _train_unet(state: _State, deadline: float, out: Path) -> bool:
+def _train_unet(state: _State, stop: Callable[[], bool], out: Path) -> bool:
     cfg, unet, text, vae, tok = state.cfg, state.unet, state.text, state.vae, state.tokenizer
     vae.eval().requires_grad_(False)
     unet.train()
@@ -183,7 +184,7 @@ def _train_unet(state: _State, deadline: float, out: Path) -> bool:
     with progress_bar() as bar:
         task = bar.add_task("UNet", total=cfg.unet_steps, completed=state.unet_step)
         while state.unet_step < cfg.unet_steps:
-            if time.monotonic() > deadline:
+            if stop():
                 return False
             step = state.unet_step
             gen = _generator(cfg.seed, 1, step)
@@ -235,8 +236,14 @@ def export_pipeline(state: _State, dest: Path) -> Path:
     return dest
 
 
-def pretrain(out: Path, cfg: PretrainConfig, minutes: float | None = None, resume: bool = False) -> Path | None:
-    """Train (or resume) into ``out``; return the exported pipeline folder, or None if stopped by ``minutes``."""
+def pretrain(
+    out: Path, cfg: PretrainConfig, minutes: float | None = None, resume: bool = False, stop_at: int | None = None
+) -> Path | None:
+    """Train (or resume) into ``out``; return the exported pipeline folder, or None if stopped early.
+
+    ``minutes`` bounds the wall time of this call; ``stop_at`` stops once VAE + UNet steps reach that count. Either
+    way the state is checkpointed and ``resume=True`` continues it to the same weights as an uninterrupted run.
+    """
     out.mkdir(parents=True, exist_ok=True)
     if not resume and (out / CHECKPOINT).exists():
         raise UserError(f"{out} already holds a pretraining checkpoint; pass --resume to continue it")
@@ -246,7 +253,12 @@ def pretrain(out: Path, cfg: PretrainConfig, minutes: float | None = None, resum
         state.load_state_dict(_load_checkpoint(out, cfg))
     atomic.write_json(out / "config.json", dataclasses.asdict(cfg))
     deadline = time.monotonic() + (minutes * 60 if minutes else float("inf"))
-    if not _train_vae(state, deadline, out) or not _train_unet(state, deadline, out):
+
+    def stop() -> bool:
+        steps = state.vae_step + state.unet_step
+        return time.monotonic() > deadline or (stop_at is not None and steps >= stop_at)
+
+    if not _train_vae(state, stop, out) or not _train_unet(state, stop, out):
         _save_checkpoint(out, state)
         return None
     return export_pipeline(state, out / "pipeline")

@@ -1,15 +1,16 @@
-"""An offline CLIP tokenizer for the shapes world: one BPE token per vocabulary word.
+"""An offline CLIP tokenizer for the shapes world: one BPE token per vocabulary word, built deterministically.
 
-It is a genuine :class:`transformers.CLIPTokenizer` (lower-casing, ``</w>`` word ends, start/end tokens), whose BPE
-merges are learned from the world's vocabulary with the ``tokenizers`` trainer, so every world word encodes to a
-single token and any other word falls back to sub-word pieces.
+It is a genuine :class:`transformers.CLIPTokenizer` (lower-casing, ``</w>`` word ends, start/end tokens) over a
+vocabulary written out here rather than learned: single letters (with and without the word-end mark), then, for
+each world word from the longest to the shortest, the chain of merges that joins its letters left to right. The
+result is the same vocabulary, ids and merges in every process — pretraining and its resume depend on that — and
+each world word encodes to exactly one token (checked); any other word falls back to smaller pieces.
 """
 
 from __future__ import annotations
 
-import json
+import string
 
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import CLIPTokenizer
 
 from dfusion_bench.world.grammar import vocabulary
@@ -21,17 +22,24 @@ BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 
 def build_tokenizer(words: list[str] | None = None, max_length: int = MAX_LENGTH) -> CLIPTokenizer:
     """A CLIP tokenizer whose vocabulary holds each of ``words`` (default: the world's) as one token."""
-    words = vocabulary() if words is None else words
-    bpe = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
-    bpe.pre_tokenizer = pre_tokenizers.Whitespace()
-    trainer = trainers.BpeTrainer(vocab_size=100_000, min_frequency=1, end_of_word_suffix="</w>", show_progress=False)
-    bpe.train_from_iterator([" ".join(words)] * 4, trainer)
-    model = json.loads(bpe.to_str())["model"]
-    vocab = dict(model["vocab"])
+    words = sorted(set(vocabulary() if words is None else words), key=lambda w: (-len(w), w))
+    vocab: dict[str, int] = {}
+    merges: list[tuple[str, str]] = []
+    for letter in string.ascii_lowercase:
+        vocab.setdefault(letter, len(vocab))
+    for letter in string.ascii_lowercase:
+        vocab.setdefault(letter + "</w>", len(vocab))
+    for word in words:
+        symbols = [*word[:-1], word[-1] + "</w>"]
+        joined = symbols[0]
+        for symbol in symbols[1:]:
+            if (joined, symbol) not in merges:
+                merges.append((joined, symbol))
+            joined += symbol
+            vocab.setdefault(joined, len(vocab))
     vocab[BOS], vocab[EOS] = len(vocab), len(vocab) + 1
-    merges = [tuple(m) if isinstance(m, list) else tuple(m.split()) for m in model["merges"]]
     tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
-    single = [w for w in words if len(tokenizer.tokenize(w)) != 1]
-    if single:
-        raise RuntimeError(f"world words split into several tokens: {single}")
+    split = [w for w in words if len(tokenizer.tokenize(w)) != 1]
+    if split:
+        raise RuntimeError(f"world words split into several tokens: {split}")
     return tokenizer
