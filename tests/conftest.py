@@ -28,3 +28,13 @@ def tiny_dir(tmp_path_factory, tiny_pipe):
     out = tmp_path_factory.mktemp("tiny") / "pipe"
     tiny_pipe.save_pretrained(out, safe_serialization=True)
     return out
+
+
+@pytest.fixture(scope="session")
+def world_dir(tmp_path_factory):
+    """A barely trained shapes-world pipeline (a few steps): the embedded architecture, marker and tokenizer."""
+    from dfusion_bench.world.pretrain import PretrainConfig, pretrain
+
+    out = tmp_path_factory.mktemp("world")
+    cfg = PretrainConfig(vae_steps=2, unet_steps=2, batch_size=4, checkpoint_every=100, warmup_steps=1)
+    return pretrain(out, cfg)

@@ -65,12 +65,14 @@ def study(
     prompts: int = typer.Option(None, help="Use the first K prompts of each split."),
     variants: str = typer.Option("paper,auto", help="Comma-separated: " + ", ".join(VARIANTS) + ", fixed:VALUE."),
     seed: int = typer.Option(0, help="Seed of the samples."),
+    model: Path = typer.Option(None, help="A world pipeline folder (default: the shipped one)."),
     overwrite: bool = typer.Option(False, help="Replace a non-empty --out."),
 ) -> None:
     """Measure D-Fusion on the embedded model with the exact verifier: alignment, visual consistency, mask IoU."""
     import torch
 
     from dfusion_bench import atomic
+    from dfusion_bench.errors import UserError
     from dfusion_bench.progress import progress_bar
     from dfusion_bench.report.tables import display_numbers, to_markdown
     from dfusion_bench.runinfo import staged_dir, write_run_info
@@ -80,7 +82,10 @@ def study(
 
     chosen = [_variant(v.strip()) for v in variants.split(",") if v.strip()]
     suite = load_suite(template)
-    pipe = ModelChoice.check(None).load(torch.device("cpu"), torch.float32)
+    choice = ModelChoice.check(model)
+    if not choice.is_world:
+        raise UserError(f"{choice.path} is not a shapes-world pipeline; the study needs the exact verifier")
+    pipe = choice.load(torch.device("cpu"), torch.float32)
     with staged_dir(out, overwrite) as stage, progress_bar() as progress:
         tables = run_study(
             pipe, list(suite.train)[:prompts], list(suite.test)[:prompts], chosen, per_prompt, seed, progress=progress
