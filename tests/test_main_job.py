@@ -24,4 +24,5 @@ def test_main_job_runs_with_no_other_options(tmp_path, monkeypatch, capsys) -> N
     assert all(r["scorer"] == "verifier" and r["aligned_rate"] is not None for r in rows)
     log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
     assert all(r["n_pairs"] > 0 and r["target_beats_base"] is not None for r in log)
-    assert f"dfusion report {run.relative_to(tmp_path)}" in capsys.readouterr().out
+    assert f"{run.relative_to(tmp_path)}/report/index.html" in capsys.readouterr().out
+    assert (run / "report" / "curves").is_dir()

@@ -119,4 +119,9 @@ def train(
     trainer = Trainer(config, out, device=device, dtype=dtype)
     trainer.run(resume=resume)
     if trainer.dist.is_main:
-        typer.echo(f"done: curves and tables with `dfusion report {out}`; metrics in {out / 'metrics.jsonl'}")
+        from dfusion_bench.report import build_report
+
+        index = build_report([out], out / "report")
+        typer.echo(
+            f"done: curves and tables in {index} (metrics: {out / 'metrics.jsonl'}; rebuild: dfusion report {out})"
+        )
