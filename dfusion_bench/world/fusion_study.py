@@ -176,7 +176,7 @@ def run_study(
     seed: int = 0,
     sampler: SamplerConfig = SamplerConfig(),
     batch_size: int = 32,
-    fixed_grid: tuple[float, ...] = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4),
+    fixed_grid: tuple[float, ...] = (0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3),
     progress: Progress | None = None,
 ) -> dict[str, pd.DataFrame]:
     """The whole study of one suite. Returns DataFrames: ``summary``, ``triples``, ``masks``."""
