@@ -274,8 +274,10 @@ class Trainer:
             if latest is None:
                 raise UserError(f"--resume: {out} holds no checkpoint yet; start it without --resume")
             self._restore(latest)
-            _truncate_jsonl(out / METRICS, latest)
-            _truncate_jsonl(out / TRAIN_LOG, latest)
+            if self.dist.is_main:
+                _truncate_jsonl(out / METRICS, latest)
+                _truncate_jsonl(out / TRAIN_LOG, latest)
+                atomic.write_json(out / "config.json", self.cfg.to_dict())  # --epochs may have been raised
             start = latest + 1
         elif self.dist.is_main:
             out.mkdir(parents=True, exist_ok=True)
