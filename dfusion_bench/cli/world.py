@@ -122,7 +122,7 @@ def quality(
 
     pipe = ModelChoice.check(model).load(torch.device("cpu"), torch.float32)
     with staged_dir(out, overwrite) as stage, progress_bar() as progress:
-        table = quality_table(pipe, per_prompt, progress=progress)
+        table = quality_table(pipe, per_prompt, progress=progress, grids=stage)
         atomic.write_text(stage / "quality.csv", table.to_csv(index=False))
         atomic.write_text(stage / "quality.md", to_markdown(display_numbers(table)))
         write_run_info(stage, "world quality", {"per_prompt": per_prompt, "model": str(model)}, {})

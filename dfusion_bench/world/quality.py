@@ -7,13 +7,14 @@ suite, also how often the relation holds where both objects are present, next to
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from diffusers import StableDiffusionPipeline
 from rich.progress import Progress
 
-from dfusion_bench.evaluation import EvalResult, evaluate
+from dfusion_bench.evaluation import EvalResult, evaluate, write_grid
 from dfusion_bench.scorers import get_scorer
 from dfusion_bench.templates import PromptEntry, load_suite
 from dfusion_bench.trajectories import SamplerConfig
@@ -43,8 +44,11 @@ def quality_table(
     sampler: SamplerConfig = SamplerConfig(),
     progress: Progress | None = None,
     batch_size: int = 32,
+    grids: Path | None = None,
 ) -> pd.DataFrame:
-    """One row per prompt set: aligned rate, mean verifier score, and (spatial) relation-given-both rate."""
+    """One row per prompt set: aligned rate, mean verifier score, and (spatial) relation-given-both rate.
+
+    With ``grids``, also writes ``grid_<set>_<split>.png`` there: the first 8 prompts, one row each."""
     verifier = get_scorer("verifier")
     sets = [("single objects", "all", single_object_entries())]
     for name in SUITES:
@@ -55,6 +59,8 @@ def quality_table(
         result = evaluate(
             pipe, [verifier], entries, per_prompt, sampler, batch_size, progress=progress, label=f"{name} {split}"
         )
+        if grids is not None:
+            write_grid(grids / f"grid_{name.replace(' ', '-')}_{split}.png", result, max_prompts=8)
         summary = result.summary["verifier"]
         row = {
             "prompts": name,
