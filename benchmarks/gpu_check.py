@@ -84,7 +84,7 @@ def main() -> None:
     config = TrainConfig(
         method="dpo", fusion=True, template="paper-t1", model=str(folder), prompts=args.prompts,
         samples_per_prompt=args.samples_per_prompt, epochs=1, scorer="compressibility", eval_samples_per_prompt=1,
-        batch_size=8, optim=OptimSettings(batch_size=2),
+        batch_size=8, optim=OptimSettings(batch_size=1),
     )  # fmt: skip
     t3 = time.perf_counter()
     run = args.out / "dpo-run"
