@@ -21,7 +21,8 @@ from dfusion_bench.errors import UserError
 from dfusion_bench.report import build_report, load_report_tables, stats
 from dfusion_bench.report import curves as curves_mod
 from dfusion_bench.report.collect import ReportWarning, collect
-from dfusion_bench.report.tables import final_table, gain_table, to_latex, to_markdown
+from dfusion_bench.report.table_io import to_latex, to_markdown
+from dfusion_bench.report.tables import final_table, gain_table
 
 CHROMIUM = Path("/usr/bin/chromium")
 T_975_DF1 = math.tan(math.pi * 0.475)  # Student t with 1 d.o.f. is Cauchy: its 97.5% quantile is tan(0.475 pi)

@@ -74,7 +74,7 @@ def study(
     from dfusion_bench import atomic
     from dfusion_bench.errors import UserError
     from dfusion_bench.progress import progress_bar
-    from dfusion_bench.report.tables import display_numbers, to_markdown
+    from dfusion_bench.report.table_io import display_numbers, to_markdown
     from dfusion_bench.runinfo import staged_dir, write_run_info
     from dfusion_bench.session import ModelChoice
     from dfusion_bench.templates import load_suite
@@ -115,7 +115,7 @@ def quality(
 
     from dfusion_bench import atomic
     from dfusion_bench.progress import progress_bar
-    from dfusion_bench.report.tables import display_numbers, to_markdown
+    from dfusion_bench.report.table_io import display_numbers, to_markdown
     from dfusion_bench.runinfo import staged_dir, write_run_info
     from dfusion_bench.session import ModelChoice
     from dfusion_bench.world.quality import quality_table

@@ -30,7 +30,7 @@ def build_report(
 
 def load_report_tables(out: str | Path) -> dict[str, pd.DataFrame]:
     """Every table of a built report as a DataFrame, keyed by name (``final``, ``fusion_gain``, ...)."""
-    from dfusion_bench.report.tables import load_report_tables as load
+    from dfusion_bench.report.table_io import load_report_tables as load
 
     return load(out)
 

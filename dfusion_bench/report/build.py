@@ -18,7 +18,8 @@ from dfusion_bench.errors import UserError
 from dfusion_bench.report.collect import Collection, Evaluation, Fuse, ReportWarning, Run, collect
 from dfusion_bench.report.curves import curve_points, slug, write_curves
 from dfusion_bench.report.html import Gallery, Page, Picture, fmt_score, render_page
-from dfusion_bench.report.tables import build_tables, write_tables
+from dfusion_bench.report.table_io import write_tables
+from dfusion_bench.report.tables import build_tables
 
 INDEX = "index.html"
 MANIFEST = "report.json"

@@ -21,7 +21,8 @@ from matplotlib.ticker import MaxNLocator
 
 from dfusion_bench import atomic
 from dfusion_bench.report import stats
-from dfusion_bench.report.collect import Run, metrics_frame
+from dfusion_bench.report.collect import Run
+from dfusion_bench.report.frames import metrics_frame
 from dfusion_bench.report.tables import METRIC_NAMES, METRICS
 
 CURVES_DIR = "curves"

@@ -16,44 +16,19 @@ Tables:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from dfusion_bench import atomic
-from dfusion_bench.errors import UserError
 from dfusion_bench.report import stats
-from dfusion_bench.report.collect import (
-    Evaluation,
-    Fuse,
-    Run,
-    method_label,
-    metrics_frame,
-    prompt_means,
-    runs_frame,
-    warn,
-)
+from dfusion_bench.report.bookkeeping import evals_table, fuse_table, training_table
+from dfusion_bench.report.collect import Evaluation, Fuse, Run, method_label, warn
+from dfusion_bench.report.frames import metrics_frame, prompt_means, runs_frame
+from dfusion_bench.report.table_io import Table, display_numbers, fmt, fmt_ci, fmt_p
 
 METRICS = ("mean_score", "aligned_rate")
 METRIC_NAMES = {"mean_score": "mean score", "aligned_rate": "aligned rate"}
 BASE_LABEL = "base (epoch 0)"
-TABLES_DIR = "tables"
-PHASES = ("sampling_s", "fusion_s", "scoring_s", "update_s", "eval_s")
-
-
-@dataclass
-class Table:
-    """A report table: ``data`` is saved as-is (CSV, parquet); ``display`` holds the formatted strings."""
-
-    name: str
-    title: str
-    description: str
-    data: pd.DataFrame
-    display: pd.DataFrame
 
 
 # ---- final alignment -----------------------------------------------------------------------------------------------
@@ -255,154 +230,7 @@ def _prompt_test(with_run: Run, without_run: Run, split: str, metric: str) -> st
     return stats.wilcoxon(joined["with"].to_numpy(float), joined["without"].to_numpy(float))
 
 
-# ---- training, evals, fuse -----------------------------------------------------------------------------------------
-
-
-def training_table(runs: Sequence[Run]) -> pd.DataFrame:
-    """Per template x scorer x configuration, the mean over seeds of each run's training-log summary."""
-    per_run = []
-    for run in runs:
-        log = run.train_log
-        if log.empty:
-            continue
-        row: dict[str, object] = {
-            "template": run.template,
-            "scorer": run.scorer,
-            "model": run.label,
-            "method": run.method,
-            "fusion": run.fusion,
-            "seed": run.seed,
-            "epochs": int(log["epoch"].max()),
-            "final_loss": _last(log, "loss"),
-            "mean_pairs": _mean(log, "n_pairs"),
-            "target_beats_base": _mean(log, "target_beats_base"),
-        }
-        for phase in PHASES:
-            row[phase] = _mean(log, phase)
-        row["epoch_s"] = float(np.nansum([row[p] for p in PHASES]))
-        per_run.append(row)
-    columns = ["template", "scorer", "model", "method", "fusion", "n_seeds", "epochs", "final_loss", "mean_pairs"]
-    columns += ["target_beats_base", *PHASES, "epoch_s"]
-    if not per_run:
-        return pd.DataFrame(columns=columns)
-    frame = pd.DataFrame.from_records(per_run)
-    keys = ["template", "scorer", "model", "method", "fusion"]
-    values = [c for c in columns if c not in keys and c != "n_seeds"]
-    grouped = frame.groupby(keys, as_index=False)
-    summary = grouped[values].mean()
-    summary["epochs"] = grouped["epochs"].max()["epochs"].astype(int)
-    summary["n_seeds"] = grouped["seed"].nunique()["seed"].astype(int)
-    return summary[columns]
-
-
-def _mean(frame: pd.DataFrame, column: str) -> float:
-    if column not in frame:
-        return float("nan")
-    values = pd.to_numeric(frame[column], errors="coerce")
-    return float(values.mean()) if values.notna().any() else float("nan")
-
-
-def _last(frame: pd.DataFrame, column: str) -> float:
-    if column not in frame:
-        return float("nan")
-    values = pd.to_numeric(frame[column], errors="coerce").dropna()
-    return float(values.iloc[-1]) if not values.empty else float("nan")
-
-
-def evals_table(evals: Sequence[Evaluation]) -> pd.DataFrame:
-    """One row per eval folder x scorer, straight from ``summary.json``."""
-    rows = []
-    for ev in evals:
-        s = ev.summary
-        source = s.get("source") if isinstance(s.get("source"), dict) else {}
-        for scorer, values in s["scorers"].items():
-            values = values if isinstance(values, dict) else {}
-            rows.append(
-                {
-                    "folder": str(ev.path),
-                    "template": str(s.get("template") or ""),
-                    "split": str(s.get("split") or ""),
-                    "model": method_label(s.get("method"), s.get("fusion")),
-                    "seed": s.get("seed"),
-                    "source_run": str(source.get("run") or ""),
-                    "source_epoch": source.get("epoch"),
-                    "source_model": str(source.get("model") or ""),
-                    "scorer": str(scorer),
-                    "mean_score": _number(values.get("mean_score")),
-                    "aligned_rate": _number(values.get("aligned_rate")),
-                    "n": values.get("n"),
-                }
-            )
-    frame = pd.DataFrame.from_records(rows)
-    for column in ("seed", "source_epoch", "n"):
-        if column in frame:
-            frame[column] = pd.to_numeric(frame[column], errors="coerce").astype("Int64")
-    return frame
-
-
-def fuse_table(fuses: Sequence[Fuse]) -> pd.DataFrame:
-    """One row per fuse folder: what was fused and how well targets beat their bases."""
-    rows = []
-    for fuse in fuses:
-        m, c = fuse.manifest, fuse.config
-        rows.append(
-            {
-                "folder": str(fuse.path),
-                "template": str(c.get("template") or m.get("template") or ""),
-                "split": str(m.get("split") or c.get("split") or ""),
-                "scorer": str(m.get("scorer") or c.get("scorer") or ""),
-                "n_samples": _count(m.get("n_samples")),
-                "n_triples": _count(m.get("n_triples")),
-                "target_beats_base_rate": _number(m.get("target_beats_base_rate")),
-                "mean_gain_target_vs_base": _number(m.get("mean_gain_target_vs_base")),
-                "mean_gain_reference_vs_base": _number(m.get("mean_gain_reference_vs_base")),
-                "unet_evals_per_target_step": _number(m.get("unet_evals_per_target_step")),
-            }
-        )
-    frame = pd.DataFrame.from_records(rows)
-    for column in ("n_samples", "n_triples"):
-        if column in frame:
-            frame[column] = frame[column].astype("Int64")
-    return frame
-
-
-def _count(value: object) -> int | None:
-    number = _number(value)
-    return int(number) if math.isfinite(number) else None
-
-
-def _number(value: object) -> float:
-    try:
-        return float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return float("nan")
-
-
-# ---- formatting ----------------------------------------------------------------------------------------------------
-
-
-def fmt(value: object, digits: int = 3) -> str:
-    """A number for display: fixed ``digits`` decimals; empty for missing values."""
-    if value is None or value is pd.NA:
-        return ""
-    if isinstance(value, float | np.floating) and not math.isfinite(float(value)):
-        return ""
-    if isinstance(value, int | np.integer):
-        return str(int(value))
-    return f"{float(value):.{digits}f}"
-
-
-def fmt_ci(mean: object, half: object, digits: int = 3) -> str:
-    """``mean ± half`` (just the mean when the interval is undefined, e.g. one seed)."""
-    text = fmt(mean, digits)
-    half_text = fmt(half, digits)
-    return f"{text} ± {half_text}" if text and half_text else text
-
-
-def fmt_p(p: object) -> str:
-    if p is None or p is pd.NA or not math.isfinite(float(p)):  # type: ignore[arg-type]
-        return "–"
-    return "<0.001" if float(p) < 0.001 else f"{float(p):.3f}"
+# ---- formatting specific to these tables ------------------------------------------------------------------------
 
 
 def _epochs(row: pd.Series) -> str:
@@ -447,17 +275,6 @@ def display_gain(frame: pd.DataFrame) -> pd.DataFrame:
             }
         )
     return pd.DataFrame.from_records(rows)
-
-
-def display_numbers(frame: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
-    """Every float column fixed to ``digits`` decimals, everything else as text; for the simpler tables."""
-    out = pd.DataFrame(index=frame.index)
-    for column in frame.columns:
-        if pd.api.types.is_float_dtype(frame[column]):
-            out[column] = [fmt(v, digits) for v in frame[column]]
-        else:
-            out[column] = ["" if pd.isna(v) else str(v) for v in frame[column]]
-    return out.reset_index(drop=True)
 
 
 # ---- building all tables -------------------------------------------------------------------------------------------
@@ -512,87 +329,4 @@ def build_tables(
     add("fuse", "D-Fusion triples", "One row per dfusion fuse folder.", fuse_frame, display_numbers(fuse_frame))
     if curves is not None:
         add("curves", "Curve points", "Mean and 95% CI over seeds behind every curve.", curves, display_numbers(curves))
-    return tables
-
-
-# ---- writers -------------------------------------------------------------------------------------------------------
-
-
-def to_markdown(frame: pd.DataFrame) -> str:
-    """A GitHub-style pipe table (``|`` in cells escaped)."""
-
-    def cell(value: object) -> str:
-        return str(value).replace("|", "\\|").replace("\n", " ")
-
-    header = "| " + " | ".join(cell(c) for c in frame.columns) + " |"
-    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
-    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join([header, rule, *body]) + "\n"
-
-
-_LATEX_ESCAPES = {
-    "\\": r"\textbackslash{}",
-    "&": r"\&",
-    "%": r"\%",
-    "$": r"\$",
-    "#": r"\#",
-    "_": r"\_",
-    "{": r"\{",
-    "}": r"\}",
-    "~": r"\textasciitilde{}",
-    "^": r"\textasciicircum{}",
-    "±": r"$\pm$",
-    "−": r"$-$",
-    "–": "--",
-    "<": r"$<$",
-    ">": r"$>$",
-}
-
-
-def latex_escape(text: object) -> str:
-    return "".join(_LATEX_ESCAPES.get(ch, ch) for ch in str(text))
-
-
-def to_latex(frame: pd.DataFrame, caption: str = "", label: str = "") -> str:
-    """A booktabs ``table``/``tabular`` with every cell escaped."""
-    spec = "l" * len(frame.columns)
-    lines = [r"\begin{table}[t]", r"\centering", r"\small", rf"\begin{{tabular}}{{{spec}}}", r"\toprule"]
-    lines.append(" & ".join(latex_escape(c) for c in frame.columns) + r" \\")
-    lines.append(r"\midrule")
-    lines += [" & ".join(latex_escape(v) for v in row) + r" \\" for row in frame.itertuples(index=False)]
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    if caption:
-        lines.append(rf"\caption{{{latex_escape(caption)}}}")
-    if label:
-        lines.append(rf"\label{{{label}}}")
-    lines.append(r"\end{table}")
-    return "\n".join(lines) + "\n"
-
-
-def write_tables(tables: dict[str, Table], out: Path) -> list[Path]:
-    """Write each table as ``tables/<name>.{csv,parquet,md,tex}``; return the files written."""
-    folder = out / TABLES_DIR
-    written = []
-    for name, table in tables.items():
-        data = table.data
-        written.append(atomic.write_text(folder / f"{name}.csv", data.to_csv(index=False)))
-        written.append(atomic.write_with(folder / f"{name}.parquet", lambda p, d=data: d.to_parquet(p, index=False)))
-        heading = f"## {table.title}\n\n{table.description}\n\n"
-        written.append(atomic.write_text(folder / f"{name}.md", heading + to_markdown(table.display)))
-        tex = to_latex(table.display, caption=f"{table.title}. {table.description}", label=f"tab:{name}")
-        written.append(atomic.write_text(folder / f"{name}.tex", tex))
-    return written
-
-
-def load_report_tables(out: str | Path) -> dict[str, pd.DataFrame]:
-    """Every table of a built report as a DataFrame, keyed by name (from parquet; CSV where parquet is missing)."""
-    folder = Path(out) / TABLES_DIR
-    if not folder.is_dir():
-        raise UserError(f"{out} holds no report tables (no {TABLES_DIR}/ folder); build it with dfusion report")
-    tables: dict[str, pd.DataFrame] = {}
-    for path in sorted(folder.glob("*.parquet")):
-        tables[path.stem] = pd.read_parquet(path)
-    for path in sorted(folder.glob("*.csv")):
-        if path.stem not in tables:
-            tables[path.stem] = pd.read_csv(path)
     return tables
