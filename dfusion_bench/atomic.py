@@ -43,3 +43,20 @@ def append_line(path: str | os.PathLike, line: str) -> None:
         fh.write(line.rstrip("\n") + "\n")
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def replace_dir(staged: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """Move a fully written folder into place. An old ``dest`` is renamed aside first and removed only after the new
+    one is in place, so a crash never loses both: at worst the old folder survives under a ``.old`` name."""
+    import shutil
+
+    staged, dest = Path(staged), Path(dest)
+    old = None
+    if dest.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=dest.parent))
+        old.rmdir()
+        dest.rename(old)
+    staged.rename(dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return dest

@@ -159,15 +159,20 @@ def load(path: Path) -> FuseOutput:
     manifest_file = path / "manifest.json"
     if not manifest_file.is_file():
         raise UserError(f"{path} is not a dfusion fuse folder (no manifest.json); run dfusion fuse --out {path}")
-    manifest = json.loads(manifest_file.read_text())
     targets_file = path / "targets.safetensors"
     masks_file = path / "masks.safetensors"
-    return FuseOutput(
-        manifest=manifest,
-        samples=Trajectories.load(path / "samples.safetensors"),
-        targets=Trajectories.load(targets_file) if targets_file.is_file() else None,
-        triples=[Triple(**t) for t in manifest["triples"]],
-        sample_table=pd.read_csv(path / "samples.csv"),
-        triple_table=pd.read_csv(path / "triples.csv"),
-        masks=load_file(str(masks_file))["masks"].bool() if masks_file.is_file() else None,
-    )
+    try:
+        manifest = json.loads(manifest_file.read_text())
+        return FuseOutput(
+            manifest=manifest,
+            samples=Trajectories.load(path / "samples.safetensors"),
+            targets=Trajectories.load(targets_file) if targets_file.is_file() else None,
+            triples=[Triple(**t) for t in manifest["triples"]],
+            sample_table=pd.read_csv(path / "samples.csv"),
+            triple_table=pd.read_csv(path / "triples.csv"),
+            masks=load_file(str(masks_file))["masks"].bool() if masks_file.is_file() else None,
+        )
+    except UserError:
+        raise
+    except Exception as exc:  # a damaged or partial folder
+        raise UserError(f"{path}: the fuse folder is damaged ({exc}); run dfusion fuse again") from None

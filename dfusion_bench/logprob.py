@@ -71,7 +71,12 @@ def step_distribution(
         limit = scheduler.config.clip_sample_range
         x0 = x0.clamp(-limit, limit)
     variance = (1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)
-    std = eta * math.sqrt(variance)
+    std = eta * math.sqrt(max(variance, 0.0))
+    if std <= 0:
+        raise UserError(
+            f"the DDIM step from timestep {timestep} to {prev_timestep} has zero variance, so no log-probability; "
+            "use a scheduler config with set_alpha_to_one=False (SD's own) and distinct timesteps"
+        )
     mean = math.sqrt(a_prev) * x0 + math.sqrt(max(1 - a_prev - std**2, 0.0)) * eps
     return mean, std
 

@@ -12,13 +12,12 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import DDIMScheduler, StableDiffusionPipeline
 from safetensors import SafetensorError
 
 from dfusion_bench.errors import UserError
@@ -198,20 +197,6 @@ def check_pipeline_folder(path: Path) -> str | None:
 
 
 @contextlib.contextmanager
-def _offline() -> Iterator[None]:
-    """``HF_HUB_OFFLINE=1`` for the duration (belt and braces: loading also passes ``local_files_only=True``)."""
-    old = os.environ.get("HF_HUB_OFFLINE")
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("HF_HUB_OFFLINE", None)
-        else:
-            os.environ["HF_HUB_OFFLINE"] = old
-
-
-@contextlib.contextmanager
 def hf_quiet() -> Iterator[None]:
     """Silence diffusers' and transformers' progress bars and warnings for the duration, then restore them.
 
@@ -234,6 +219,15 @@ def hf_quiet() -> Iterator[None]:
                 lib.enable_progress_bar()
 
 
+def ddim_scheduler(scheduler) -> DDIMScheduler:
+    """The toolkit's sampler is DDIM with eta > 0; SD folders ship other schedulers (SD 1.5: PNDM).
+
+    Keeps the folder's noise schedule and prediction type, and sets ``set_alpha_to_one=False`` (SD's released DDIM
+    setting): with the final alpha forced to one, the last step has zero variance and no log-probability.
+    """
+    return DDIMScheduler.from_config(scheduler.config, set_alpha_to_one=False)
+
+
 def load_pipeline(
     path: Path | None = None, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
 ) -> StableDiffusionPipeline:
@@ -247,15 +241,14 @@ def load_pipeline(
     variant = check_pipeline_folder(path)
     with hf_quiet():
         try:
-            with _offline():
-                pipe = StableDiffusionPipeline.from_pretrained(
-                    str(path.resolve()),
-                    local_files_only=True,
-                    safety_checker=None,
-                    feature_extractor=None,
-                    requires_safety_checker=False,
-                    variant=variant,
-                )
+            pipe = StableDiffusionPipeline.from_pretrained(
+                str(path.resolve()),
+                local_files_only=True,  # the guard against downloads: diffusers and transformers stay on disk
+                safety_checker=None,
+                feature_extractor=None,
+                requires_safety_checker=False,
+                variant=variant,
+            )
         except (OSError, ValueError, RuntimeError, KeyError, EOFError, SafetensorError) as exc:
             raise UserError(
                 f"{path}: cannot load the pipeline, a component's weights or config are missing or corrupt "
@@ -263,6 +256,7 @@ def load_pipeline(
             ) from exc
         # SD's UNet and VAE keep no module in fp32, so casting after loading is exact (diffusers warns regardless).
         pipe.to(device=device, dtype=dtype)
+    pipe.scheduler = ddim_scheduler(pipe.scheduler)
     if len(pipe.tokenizer) != pipe.text_encoder.config.vocab_size:
         raise UserError(
             f"{path}: the tokenizer has {len(pipe.tokenizer)} tokens but the text encoder "

@@ -47,6 +47,7 @@ class Pairs:
     triples: list[Triple]
     fusion: FusionResult | None = None
     target_scores: Scores | None = None
+    timing: dict[str, float] = field(default_factory=dict)  # fusion_s (targets + policy log-probs), scoring_s
 
 
 def score_trajectories(scorer: Scorer, traj: Trajectories, batch_size: int = 64) -> Scores:
@@ -114,18 +115,23 @@ def build_pairs(
     items = {e.prompt: e for e in samples.entries}
     local = dist.shard(triples)
     advance = advance_callback(progress, "fusing targets", len(local))
+    max_items = max(len(items[samples.trajectories.prompts[t.reference]].items) for t in triples)
+    t0 = time.perf_counter()
     result = (
         fuse_triples(
-            pipe, samples.trajectories, local, items, fusion, batch_size=batch_size, unet=unet, on_batch=advance
+            pipe, samples.trajectories, local, items, fusion, batch_size, unet=unet, on_batch=advance,
+            max_items=max_items,
         )
         if local
         else None
-    )
+    )  # fmt: skip
+    t1 = time.perf_counter()
     local_scores = score_trajectories(scorer, result.targets) if result is not None else None
-    parts = dist.gather([(result, local_scores)])
+    timing = {"fusion_s": t1 - t0, "scoring_s": time.perf_counter() - t1}
     if dist.world == 1:
-        return Pairs(samples, triples, result, local_scores)
-    return _gathered_pairs(samples, triples, parts, dist)
+        return Pairs(samples, triples, result, local_scores, timing)
+    parts = dist.gather([(result, local_scores)])
+    return _gathered_pairs(samples, triples, parts, dist, timing)
 
 
 def _gathered_pairs(
@@ -133,6 +139,7 @@ def _gathered_pairs(
     triples: list[Triple],
     parts: list[tuple[FusionResult | None, Scores | None]],
     dist: Distributor,
+    timing: dict[str, float],
 ) -> Pairs:
     """Reassemble per-process fusion results (rank r fused triples r, r + world, ...) in triple order."""
     records = []
@@ -140,4 +147,4 @@ def _gathered_pairs(
         result, scores = parts[i % dist.world]
         records.append((result.select([i // dist.world]), scores.select([i // dist.world])))
     fused = FusionResult.cat([r[0] for r in records], evals=[p[0].unet_evals for p in parts if p[0] is not None])
-    return Pairs(samples, triples, fused, Scores.concat([r[1] for r in records]))
+    return Pairs(samples, triples, fused, Scores.concat([r[1] for r in records]), timing)

@@ -64,9 +64,7 @@ def staged_dir(out: Path, overwrite: bool) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
-    if out.exists():
-        shutil.rmtree(out)
-    stage.rename(out)
+    atomic.replace_dir(stage, out)
 
 
 def write_run_info(out: Path, command: str, config: dict[str, Any], seeds: dict[str, Any]) -> Path:

@@ -458,3 +458,24 @@ def test_heavy_sd21_real_weights() -> None:
     assert tokens["up_blocks.1.attentions.2.transformer_blocks.0.attn2"] == (side // 4) ** 2
     image = pipe("a black and woolen bus", num_inference_steps=2, output_type="pt").images
     assert image.shape == (1, 3, 8 * side, 8 * side) and torch.isfinite(image).all()
+
+
+def test_a_folder_with_another_scheduler_samples_with_ddim(tmp_path) -> None:
+    """SD 1.5 ships PNDM; loading swaps in DDIM with the folder's noise schedule (and a finite last step)."""
+    from diffusers import DDIMScheduler, PNDMScheduler
+
+    from dfusion_bench.sampling import sample
+    from dfusion_bench.trajectories import SamplerConfig
+
+    folder = save_tiny_pipeline(tmp_path / "pndm")
+    pndm = PNDMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, skip_prk_steps=True,
+                         set_alpha_to_one=True, steps_offset=1)  # fmt: skip
+    pndm.save_pretrained(folder / "scheduler")
+    index = json.loads((folder / "model_index.json").read_text())
+    index["scheduler"] = ["diffusers", "PNDMScheduler"]
+    (folder / "model_index.json").write_text(json.dumps(index))
+    pipe = load_pipeline(folder)
+    assert isinstance(pipe.scheduler, DDIMScheduler) and not pipe.scheduler.config.set_alpha_to_one
+    assert pipe.scheduler.config.beta_end == 0.012
+    traj = sample(pipe, ["a dog"], [0], SamplerConfig(num_steps=4))
+    assert torch.isfinite(traj.log_probs).all() and len(traj.timesteps) == 4

@@ -40,6 +40,7 @@ def fuse(
 ) -> None:
     """Build D-Fusion (reference, base, target) triples for a prompt suite and write images, masks and trajectories."""
     from dfusion_bench import fuse_output
+    from dfusion_bench.fusion.triples import pairing_problem
     from dfusion_bench.logprob import require_stochastic
     from dfusion_bench.pairs import build_pairs, sample_and_score
     from dfusion_bench.progress import progress_bar
@@ -56,12 +57,9 @@ def fuse(
     fusion = o.fusion_config(
         threshold, mask_resolution, fuse_layers, skip_first_steps, reference_fraction, reference_uses
     )
-    n_refs = max(1, round(samples_per_prompt * fusion.reference_fraction))
-    if n_refs * (1 + fusion.reference_uses) > samples_per_prompt:
-        need = -(-(1 + fusion.reference_uses) / fusion.reference_fraction // 1)
-        raise UserError(
-            f"--samples-per-prompt {samples_per_prompt} is too few for the pairing; use at least {need:.0f}"
-        )
+    problem = pairing_problem(samples_per_prompt, fusion.reference_fraction, fusion.reference_uses)
+    if problem:
+        raise UserError(f"--samples-per-prompt: {problem}")
     choice = ModelChoice.check(model)
     dev = pick_device(device)
     dt = pick_dtype(dev, dtype)

@@ -18,6 +18,42 @@ def _explicit(ctx: click.Context) -> set[str]:
     }
 
 
+#: Where each option lands in the nested configuration (options not listed map to the field of their own name).
+OPTION_PATHS: dict[str, tuple[str, ...]] = {
+    "lr": ("optim.lr",),
+    "inner_epochs": ("optim.inner_epochs",),
+    "train_batch_size": ("optim.batch_size",),
+    "timestep_fraction": ("optim.timestep_fraction",),
+    "beta": ("dpo.beta",),
+    "dpo_eps": ("dpo.eps",),
+    "clip_range": ("ddpo.clip_range",),
+    "adv_clip": ("ddpo.adv_clip_max",),
+    "kl_weight": ("pg.kl_weight",),
+    "lora_rank": ("lora.rank", "lora.alpha"),
+    "lora_targets": ("lora.targets",),
+    "steps": ("sampler.num_steps",),
+    "eta": ("sampler.eta",),
+    "guidance": ("sampler.guidance_scale",),
+    "threshold": ("fusion_settings.threshold",),
+    "mask_resolution": ("fusion_settings.mask_resolution",),
+    "fuse_layers": ("fusion_settings.fuse_layers",),
+    "skip_first_steps": ("fusion_settings.skip_first_steps",),
+    "reference_fraction": ("fusion_settings.reference_fraction",),
+    "reference_uses": ("fusion_settings.reference_uses",),
+}
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    """``{"optim": {"lr": 1}}`` -> ``{"optim.lr": 1}`` (lists as tuples, so stored and fresh values compare)."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
 def train(
     ctx: typer.Context,
     method: str = typer.Option(
@@ -103,21 +139,19 @@ def train(
         if stored is None:
             raise UserError(f"--resume: {out} holds no run (no config.json); start it without --resume")
         given = _explicit(ctx) - {"resume", "out", "device", "dtype", "overwrite", "epochs"}
-        mine, theirs = config.to_dict(), stored.to_dict()
-        clash = sorted(k for k in given if k in mine and mine[k] != theirs.get(k))
+        mine, theirs = _flat(config.to_dict()), _flat(stored.to_dict())
+        clash = sorted(o for o in given if any(mine[p] != theirs.get(p) for p in OPTION_PATHS.get(o, (o,))))
         if clash:
             raise UserError(f"--resume: --{clash[0].replace('_', '-')} differs from the run's config.json; drop it")
-        config = TrainConfig.from_dict({**theirs, "epochs": epochs if "epochs" in _explicit(ctx) else stored.epochs})
+        config = TrainConfig.from_dict(
+            {**stored.to_dict(), "epochs": epochs if "epochs" in _explicit(ctx) else stored.epochs}
+        )
     else:
         check_out_dir(out, overwrite)
-        if overwrite and out.exists():
-            import shutil
-
-            shutil.rmtree(out)
     load_suite(config.template)  # a bad template fails before the model loads
     pick_device(device)
     trainer = Trainer(config, out, device=device, dtype=dtype)
-    trainer.run(resume=resume)
+    trainer.run(resume=resume, overwrite=overwrite)
     if trainer.dist.is_main:
         from dfusion_bench.report import build_report
 

@@ -51,7 +51,10 @@ def _variant(spec: str):
     from dfusion_bench.world.fusion_study import Variant
 
     if spec.startswith("fixed:"):
-        return Variant(spec, FusionConfig(threshold=spec.split(":", 1)[1]))
+        try:
+            return Variant(spec, FusionConfig(threshold=spec.split(":", 1)[1]))
+        except ValueError:
+            raise UserError(f"variant {spec!r}: fixed:VALUE needs a number, e.g. fixed:0.05") from None
     if spec not in VARIANTS:
         raise UserError(f"unknown variant {spec!r}; use fixed:VALUE or one of {', '.join(VARIANTS)}")
     return Variant(spec, dataclasses.replace(FusionConfig(), **VARIANTS[spec]))

@@ -151,8 +151,12 @@ def fuse_triples(
     batch_size: int = 16,
     unet: UNet2DConditionModel | None = None,
     on_batch: Callable[[int], None] | None = None,
+    max_items: int | None = None,
 ) -> FusionResult:
-    """One fused target per triple, denoised from the base's seed with the reference's keys and values."""
+    """One fused target per triple, denoised from the base's seed with the reference's keys and values.
+
+    ``max_items`` sizes the recorded maps (default: the most items of these triples' prompts); processes that fuse
+    shares of one batch pass the batch's maximum so that their results concatenate."""
     if not triples:
         raise ValueError("no triples to fuse")
     unet = unet or pipe.unet
@@ -161,7 +165,7 @@ def fuse_triples(
     shape = latent_shape(pipe)
     controller = FusionController(list(plan.fuse_layers), list(plan.mask_layers), shape[1:])
     ref_counter, all_counter = EvalCounter(), EvalCounter()
-    max_items = max(len(items[samples.prompts[t.reference]].items) for t in triples)
+    max_items = max_items or max(len(items[samples.prompts[t.reference]].items) for t in triples)
     parts, fused_lps, maps, masks = [], [], [], []
     for start in range(0, len(triples), batch_size):
         chunk = list(triples[start : start + batch_size])

@@ -22,6 +22,18 @@ class Triple:
     base: int
 
 
+def pairing_problem(samples_per_prompt: int, reference_fraction: float, reference_uses: int) -> str | None:
+    """Why ``samples_per_prompt`` cannot be paired with this split, or None if it can."""
+    n_refs = max(1, round(samples_per_prompt * reference_fraction))
+    if n_refs * (1 + reference_uses) <= samples_per_prompt:
+        return None
+    need = next(n for n in range(1, 10_000) if max(1, round(n * reference_fraction)) * (1 + reference_uses) <= n)
+    return (
+        f"{samples_per_prompt} samples per prompt are too few for {n_refs} reference(s) used {reference_uses} times "
+        f"each; use at least {need}"
+    )
+
+
 def select_triples(
     groups: list[list[int]], scores: np.ndarray, reference_fraction: float = 0.25, reference_uses: int = 2
 ) -> list[Triple]:
@@ -29,12 +41,11 @@ def select_triples(
     triples = []
     for group in groups:
         order = sorted(group, key=lambda i: (-float(scores[i]), group.index(i)))
+        problem = pairing_problem(len(order), reference_fraction, reference_uses)
+        if problem:
+            raise ValueError(problem)
         n_refs = max(1, round(len(order) * reference_fraction))
         n_bases = n_refs * reference_uses
-        if n_refs + n_bases > len(order):
-            raise ValueError(
-                f"{len(order)} samples per prompt are too few for {n_refs} references used {reference_uses}x"
-            )
         refs, bases = order[:n_refs], order[len(order) - n_bases :]
         for k, base in enumerate(bases):
             ref = refs[k // reference_uses]

@@ -39,7 +39,7 @@ def latest_epoch(run: Path) -> int | None:
         return None
     try:
         return int(json.loads(pointer.read_text())["epoch"])
-    except (ValueError, KeyError, json.JSONDecodeError) as exc:
+    except (ValueError, KeyError, TypeError, OSError, json.JSONDecodeError) as exc:
         raise UserError(f"{pointer} is corrupt ({exc}); delete it to resume from an earlier epoch folder") from None
 
 

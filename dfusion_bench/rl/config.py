@@ -13,6 +13,7 @@ from typing import Any
 
 from dfusion_bench.errors import UserError
 from dfusion_bench.fusion import FusionConfig
+from dfusion_bench.fusion.triples import pairing_problem
 from dfusion_bench.trajectories import SamplerConfig
 
 METHODS = ("dpo", "ddpo", "pg")
@@ -113,6 +114,10 @@ class TrainConfig:
             problems.append("--timestep-fraction must lie in (0, 1]")
         if self.optim.batch_size < 1 or self.optim.inner_epochs < 1:
             problems.append("--train-batch-size and --inner-epochs must be >= 1")
+        fusion = self.fusion_settings
+        pairing = pairing_problem(self.samples_per_prompt, fusion.reference_fraction, fusion.reference_uses)
+        if pairing:  # every method ranks and pairs its samples (dpo trains on the pairs, fusion fuses them)
+            problems.append(f"--samples-per-prompt: {pairing}")
         if problems:
             raise UserError("; ".join(problems))
 
@@ -145,5 +150,5 @@ class TrainConfig:
     def load(path: Path) -> TrainConfig:
         try:
             return TrainConfig.from_dict(json.loads(Path(path).read_text()))
-        except (OSError, json.JSONDecodeError, TypeError) as exc:
+        except (OSError, json.JSONDecodeError, TypeError, AttributeError, KeyError, ValueError) as exc:
             raise UserError(f"{path}: not a readable training configuration ({exc})") from None

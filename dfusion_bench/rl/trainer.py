@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -176,21 +178,25 @@ class Trainer:
             rng = np.random.default_rng([cfg.seed, epoch, inner, 17])
             order = rng.permutation(n)
             for start in range(0, n, per_step):
-                batch = order[start : start + per_step]
-                batch = batch[: len(batch) - len(batch) % world] if len(batch) >= world else batch[:0]
+                batch = order[start : start + per_step].tolist()
                 steps = np.sort(rng.choice(n_steps, size=k, replace=False)) if k < n_steps else np.arange(n_steps)
-                local = batch[rank::world].tolist()
-                for chunk_start in range(0, len(local), cfg.optim.batch_size):
-                    chunk = local[chunk_start : chunk_start + cfg.optim.batch_size]
-                    share = len(chunk) / max(1, len(local))
+                local = batch[rank::world]
+                micro = cfg.optim.batch_size
+                n_chunks = math.ceil(math.ceil(len(batch) / world) / micro)  # chunks of the largest process share
+                for c in range(n_chunks):
+                    chunk = local[c * micro : (c + 1) * micro]
+                    # this process's part of the minibatch mean (DDP averages over processes, hence * world);
+                    # a process with no rows left still joins every gradient all-reduce, with weight 0
+                    share = len(chunk) * world / len(batch)
+                    rows = chunk or batch[:1]
                     for j in steps.tolist():
-                        loss = self.method.step_loss(self.policy, data, chunk, j)
+                        loss = self.method.step_loss(self.policy, data, rows, j)
                         self.accelerator.backward(loss * weight * share)
-                        losses.append(float(loss.detach()))
-                if len(local):
-                    self.accelerator.clip_grad_norm_(self.params, cfg.optim.grad_clip)
-                    self.optimizer.step()
-                    self.optimizer.zero_grad(set_to_none=True)
+                        if chunk:
+                            losses.append(float(loss.detach()))
+                self.accelerator.clip_grad_norm_(self.params, cfg.optim.grad_clip)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
                 advance(1)
         self.unet.eval()
         self._check_in_sync()
@@ -221,7 +227,6 @@ class Trainer:
                 dist=self.dist,
             )
             timing.update(samples.timing)
-            t1 = time.perf_counter()
             pairs = build_pairs(
                 self.pipe,
                 self.scorer,
@@ -232,7 +237,8 @@ class Trainer:
                 progress=progress,
                 dist=self.dist,
             )
-            timing["fusion_s"] = time.perf_counter() - t1
+            timing["fusion_s"] = pairs.timing.get("fusion_s", 0.0)  # fused targets + their policy log-probs
+            timing["scoring_s"] += pairs.timing.get("scoring_s", 0.0)  # scoring the targets
             data = self.method.prepare(self.policy, pairs, self.stats)
         t2 = time.perf_counter()
         loss = self._update(epoch, data, progress)
@@ -266,7 +272,8 @@ class Trainer:
         self._checkpoint(epoch)
 
     # ---- entry point ---------------------------------------------------------------------------------------
-    def run(self, resume: bool = False) -> Path:
+    def run(self, resume: bool = False, overwrite: bool = False) -> Path:
+        """Train from scratch (``overwrite``: empty a non-empty folder first) or from the latest checkpoint."""
         out = self.out
         start = 1
         if resume:
@@ -280,6 +287,8 @@ class Trainer:
                 atomic.write_json(out / "config.json", self.cfg.to_dict())  # --epochs may have been raised
             start = latest + 1
         elif self.dist.is_main:
+            if overwrite and out.exists():
+                shutil.rmtree(out)  # only the main process, and only once every process has started
             out.mkdir(parents=True, exist_ok=True)
             atomic.write_json(out / "config.json", self.cfg.to_dict())
             write_run_info(out, "train", self.cfg.to_dict(), {"seed": self.cfg.seed})

@@ -70,8 +70,15 @@ def check_model_name(model_name: str) -> str:
             f"and a local weights file ({_HOW_TO_FIX}), not a hub or directory reference"
         )
     name = model_name.replace("/", "-")
-    if open_clip.get_model_config(name) is None:
+    config = open_clip.get_model_config(name)
+    if config is None:
         raise UserError(f"unknown open_clip model {model_name!r}; open_clip.list_models() names the known ones")
+    towers = [config.get("text_cfg", {}), config.get("vision_cfg", {})]
+    if any(t.get("hf_model_name") or t.get("hf_tokenizer_name") or t.get("timm_model_name") for t in towers):
+        raise UserError(
+            f"CLIP model {model_name!r} builds a tower or tokenizer from the Hugging Face hub or timm, which would "
+            f"download; use a plain open_clip config such as {DEFAULT_MODEL!r}"
+        )
     return name
 
 

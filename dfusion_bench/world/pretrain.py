@@ -230,9 +230,7 @@ def export_pipeline(state: _State, dest: Path) -> Path:
         "trained": {"vae_steps": state.vae_step, "unet_steps": state.unet_step},
     }
     (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
-    if dest.exists():
-        shutil.rmtree(dest)
-    tmp.rename(dest)
+    atomic.replace_dir(tmp, dest)
     return dest
 
 

@@ -1,0 +1,107 @@
+"""The regression check (``nox -s regression``): a short fixed configuration that must keep working.
+
+Two forms, one code path:
+
+- **real** (a GPU runner): environment variables ``DFUSION_SD_MODEL`` (a local SD 2.1-base diffusers folder) and
+  ``DFUSION_CLIP_CHECKPOINT`` (a local open_clip ViT-H-14 checkpoint) select SD + CLIPScore on ``paper-t1``;
+- **embedded** (anywhere, CI included): the shipped shapes model + the exact verifier on ``shapes-objects``.
+
+Steps: ``fuse`` on the train split, then a few DPO epochs with and without fusion. It fails (exit 1) if the train
+split's mean score does not rise in either DPO run, or if fusion's target-beats-base rate falls under the stored
+baseline (:data:`BASELINE_FILE`, one entry per form; measured values and the margin are documented there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from dfusion_bench import atomic
+
+BASELINE_FILE = Path(__file__).parent / "regression_baseline.json"
+
+FORMS = {
+    "real": {"template": "paper-t1", "scorer": "clip"},
+    "embedded": {"template": "shapes-objects", "scorer": "verifier"},
+}
+PROTOCOL = {"prompts": 4, "samples_per_prompt": 8, "epochs": 2, "eval_samples_per_prompt": 4, "seed": 0}
+
+
+def _form() -> tuple[str, str | None, str | None]:
+    model, clip = os.environ.get("DFUSION_SD_MODEL"), os.environ.get("DFUSION_CLIP_CHECKPOINT")
+    if model and clip:
+        return "real", model, clip
+    return "embedded", None, None
+
+
+def _cli(args: list[str]) -> None:
+    from dfusion_bench.cli import main
+
+    try:
+        main(args)
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            raise SystemExit(f"regression: `dfusion {' '.join(args)}` failed with exit code {exc.code}") from None
+
+
+def _train_rise(run: Path) -> tuple[float, float]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r["split"] == "train"]
+    return train[0]["mean_score"], train[-1]["mean_score"]
+
+
+def run_regression(out: Path, device: str | None = None, lr: float | None = None) -> dict:
+    form, model, clip = _form()
+    settings, p = FORMS[form], PROTOCOL
+    common = ["--template", settings["template"], "--scorer", settings["scorer"], "--prompts", str(p["prompts"]),
+              "--samples-per-prompt", str(p["samples_per_prompt"]), "--seed", str(p["seed"])]  # fmt: skip
+    if model:
+        common += ["--model", model, "--clip-checkpoint", clip]
+    if device:
+        common += ["--device", device]
+    _cli(["fuse", "--split", "train", "--out", str(out / "fuse"), "--overwrite", *common])
+    manifest = json.loads((out / "fuse" / "manifest.json").read_text())
+    result: dict = {"form": form, "protocol": p, "target_beats_base": manifest.get("target_beats_base_rate")}
+    for fusion in (True, False):
+        run = out / f"dpo-{'fusion' if fusion else 'plain'}"
+        flag = "--fusion" if fusion else "--no-fusion"
+        train = ["train", "--method", "dpo", flag, "--out", str(run), "--overwrite", "--epochs", str(p["epochs"]),
+                 "--eval-samples-per-prompt", str(p["eval_samples_per_prompt"]), *common]  # fmt: skip
+        if lr is not None:
+            train += ["--lr", str(lr)]
+        _cli(train)
+        before, after = _train_rise(run)
+        result[run.name] = {"train_score_epoch0": before, "train_score_final": after, "rose": after > before}
+    baseline = json.loads(BASELINE_FILE.read_text())[form]
+    result["baseline"] = baseline
+    failures = []
+    for name in ("dpo-fusion", "dpo-plain"):
+        if not result[name]["rose"]:
+            failures.append(f"{name}: train-split score did not rise ({result[name]})")
+    if result["target_beats_base"] is None or result["target_beats_base"] < baseline["min_target_beats_base"]:
+        failures.append(
+            f"target-beats-base {result['target_beats_base']} < baseline {baseline['min_target_beats_base']}"
+        )
+    result["failures"] = failures
+    atomic.write_json(out / "regression.json", result)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("results/regression"))
+    parser.add_argument("--device", default=None)
+    args = parser.parse_args(argv)
+    result = run_regression(args.out, args.device)
+    print(json.dumps(result, indent=2))
+    if result["failures"]:
+        print("REGRESSION FAILED: " + "; ".join(result["failures"]))
+        return 1
+    print("regression passed")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
