@@ -23,10 +23,16 @@ from dfusion_bench import atomic
 BASELINE_FILE = Path(__file__).parent / "regression_baseline.json"
 
 FORMS = {
-    "real": {"template": "paper-t1", "scorer": "clip"},
-    "embedded": {"template": "shapes-objects", "scorer": "verifier"},
+    # SD: the literature's DPO settings (D3PO lr 3e-5)
+    "real": {"template": "paper-t1", "scorer": "clip", "train": []},
+    # the embedded model: the grid's DPO settings (dfusion_bench.grid.EMBEDDED_LR and GRID_CONFIG)
+    "embedded": {
+        "template": "shapes-objects",
+        "scorer": "verifier",
+        "train": ["--lr", "1e-3", "--inner-epochs", "2", "--train-batch-size", "2", "--timestep-fraction", "0.5"],
+    },
 }
-PROTOCOL = {"prompts": 4, "samples_per_prompt": 8, "epochs": 2, "eval_samples_per_prompt": 4, "seed": 0}
+PROTOCOL = {"prompts": 4, "samples_per_prompt": 8, "epochs": 3, "eval_samples_per_prompt": 8, "seed": 0}
 
 
 def _form() -> tuple[str, str | None, str | None]:
@@ -52,7 +58,7 @@ def _train_rise(run: Path) -> tuple[float, float]:
     return train[0]["mean_score"], train[-1]["mean_score"]
 
 
-def run_regression(out: Path, device: str | None = None, lr: float | None = None) -> dict:
+def run_regression(out: Path, device: str | None = None) -> dict:
     form, model, clip = _form()
     settings, p = FORMS[form], PROTOCOL
     common = ["--template", settings["template"], "--scorer", settings["scorer"], "--prompts", str(p["prompts"]),
@@ -69,8 +75,7 @@ def run_regression(out: Path, device: str | None = None, lr: float | None = None
         flag = "--fusion" if fusion else "--no-fusion"
         train = ["train", "--method", "dpo", flag, "--out", str(run), "--overwrite", "--epochs", str(p["epochs"]),
                  "--eval-samples-per-prompt", str(p["eval_samples_per_prompt"]), *common]  # fmt: skip
-        if lr is not None:
-            train += ["--lr", str(lr)]
+        train += settings["train"]
         _cli(train)
         before, after = _train_rise(run)
         result[run.name] = {"train_score_epoch0": before, "train_score_final": after, "rose": after > before}
