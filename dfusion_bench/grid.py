@@ -25,7 +25,7 @@ SUITES = ("shapes-objects", "shapes-binding", "shapes-spatial")
 GRID_CONFIG = [
     "--prompts", "8",
     "--samples-per-prompt", "8",
-    "--epochs", "6",
+    "--epochs", "4",
     "--eval-every", "2",
     "--eval-samples-per-prompt", "8",
     "--inner-epochs", "2",

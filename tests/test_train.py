@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -19,9 +20,9 @@ from dfusion_bench.cli import main
 from dfusion_bench.fusion import FusionConfig
 from dfusion_bench.pairs import build_pairs, sample_and_score
 from dfusion_bench.rl.advantages import PerPromptStats
-from dfusion_bench.rl.config import LoraSettings, TrainConfig
+from dfusion_bench.rl.config import DPOSettings, LoraSettings, TrainConfig
 from dfusion_bench.rl.lora import add_lora, reference_policy
-from dfusion_bench.rl.methods import METHODS, Policy
+from dfusion_bench.rl.methods import METHODS, Policy, winning_pairs
 from dfusion_bench.scorers import get_scorer
 from dfusion_bench.templates import PromptEntry
 from dfusion_bench.trajectories import SamplerConfig
@@ -58,7 +59,8 @@ def pairs(lora_pipe):
 def test_losses_at_the_start(lora_pipe, pairs, fusion: bool) -> None:
     """Before any update the policy is the reference: DPO's loss is log 2, PPO's ratio is 1, the KL term is 0."""
     for name in ("dpo", "ddpo", "pg"):
-        config = TrainConfig(method=name, fusion=fusion, sampler=SamplerConfig(num_steps=3))
+        dpo = DPOSettings(require_win=False)  # every triple (the papers' rule)
+        config = TrainConfig(method=name, fusion=fusion, sampler=SamplerConfig(num_steps=3), dpo=dpo)
         policy = Policy(lora_pipe, lora_pipe.unet, lora_pipe.unet, config)
         method = METHODS[name]()
         data = method.prepare(policy, pairs, PerPromptStats(min_count=100))
@@ -79,6 +81,27 @@ def test_losses_at_the_start(lora_pipe, pairs, fusion: bool) -> None:
         else:  # REINFORCE on the stored (= current) log-probs; the KL term is 0
             expected = -(data.advantages * data.old_log_probs[:, 1]).mean().item()
             assert loss.item() == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.parametrize("fusion", [False, True])
+def test_dpo_trains_only_pairs_whose_winner_wins(lora_pipe, pairs, fusion: bool) -> None:
+    scores = pairs.samples.scores.scores
+    winner = pairs.target_scores.scores if fusion else scores[[t.reference for t in pairs.triples]]
+    expected = [i for i, t in enumerate(pairs.triples) if winner[i] > scores[t.base]]
+    config = TrainConfig(method="dpo", fusion=fusion, sampler=SamplerConfig(num_steps=3))
+    assert config.dpo.require_win and winning_pairs(pairs, config) == expected
+    policy = Policy(lora_pipe, lora_pipe.unet, lora_pipe.unet, config)
+    data = METHODS["dpo"]().prepare(policy, pairs, PerPromptStats())
+    assert len(data) == len(expected)
+    losers = pairs.samples.trajectories.select([pairs.triples[i].base for i in expected])
+    assert torch.equal(data.trajs[1].latents, losers.latents)
+    # a tie or a target that loses is never trained as a preference
+    tie = scores.copy()
+    tie[pairs.triples[0].base] = winner[0]
+    samples = dataclasses.replace(pairs.samples, scores=dataclasses.replace(pairs.samples.scores, scores=tie))
+    assert 0 not in winning_pairs(dataclasses.replace(pairs, samples=samples), config)
+    all_pairs = TrainConfig(method="dpo", fusion=fusion, dpo=DPOSettings(require_win=False))
+    assert winning_pairs(pairs, all_pairs) == list(range(len(pairs.triples)))
 
 
 def test_reference_policy_is_the_base_model(lora_pipe) -> None:

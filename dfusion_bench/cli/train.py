@@ -26,6 +26,7 @@ OPTION_PATHS: dict[str, tuple[str, ...]] = {
     "timestep_fraction": ("optim.timestep_fraction",),
     "beta": ("dpo.beta",),
     "dpo_eps": ("dpo.eps",),
+    "dpo_require_win": ("dpo.require_win",),
     "clip_range": ("ddpo.clip_range",),
     "adv_clip": ("ddpo.adv_clip_max",),
     "kl_weight": ("pg.kl_weight",),
@@ -80,6 +81,11 @@ def train(
     timestep_fraction: float = typer.Option(1.0, "--timestep-fraction", help="Fraction of steps trained on."),
     beta: float = typer.Option(0.1, "--beta", help="dpo: beta (D3PO 0.1)."),
     dpo_eps: float = typer.Option(0.1, "--dpo-eps", help="dpo: ratio clip epsilon (D3PO 0.1)."),
+    dpo_require_win: bool = typer.Option(
+        True,
+        "--dpo-require-win/--no-dpo-require-win",
+        help="dpo: train only pairs whose winner outscores its loser (off: every target/reference is preferred).",
+    ),
     clip_range: float = typer.Option(1e-4, "--clip-range", help="ddpo: PPO clip range (DDPO 1e-4)."),
     adv_clip: float = typer.Option(5.0, "--adv-clip", help="ddpo: advantage clip (DDPO 5)."),
     kl_weight: float = typer.Option(0.0, "--kl-weight", help="pg: DPOK's KL weight (0.01 reproduces DPOK)."),
@@ -130,7 +136,7 @@ def train(
         optim=OptimSettings(
             lr=lr, inner_epochs=inner_epochs, batch_size=train_batch_size, timestep_fraction=timestep_fraction
         ),
-        dpo=DPOSettings(beta=beta, eps=dpo_eps),
+        dpo=DPOSettings(beta=beta, eps=dpo_eps, require_win=dpo_require_win),
         ddpo=DDPOSettings(clip_range=clip_range, adv_clip_max=adv_clip),
         pg=PGSettings(kl_weight=kl_weight),
     )

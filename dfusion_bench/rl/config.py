@@ -51,10 +51,18 @@ class OptimSettings:
 
 @dataclass(frozen=True)
 class DPOSettings:
-    """D3PO (Yang et al. 2024): beta 0.1, ratio clip 0.1."""
+    """D3PO (Yang et al. 2024): beta 0.1, ratio clip 0.1.
+
+    ``require_win``: train only on pairs whose winner scores strictly higher than its loser. D3PO's pairs come from
+    human preferences, which never tie; D-Fusion treats every target as preferred to its base. With a reward in the
+    loop neither assumption holds (references tie with bases; on the embedded world most targets do not beat their
+    base), and training such pairs as preferences drives the policy toward noise. The rule is the same with and
+    without fusion; ``--no-dpo-require-win`` restores the papers' behaviour.
+    """
 
     beta: float = 0.1
     eps: float = 0.1
+    require_win: bool = True
 
 
 @dataclass(frozen=True)

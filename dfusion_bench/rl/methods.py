@@ -77,16 +77,32 @@ def _select(text: TextConditioning, idx: list[int]) -> TextConditioning:
     return text.select(torch.as_tensor(idx, dtype=torch.long, device=text.cond.device))
 
 
+def winning_pairs(pairs: Pairs, config: TrainConfig) -> list[int]:
+    """Indices of the triples DPO trains on: all, or (``dpo.require_win``) those whose winner — the fused target
+    with fusion, the reference without — scores strictly higher than the base."""
+    if not config.dpo.require_win or not pairs.triples:
+        return list(range(len(pairs.triples)))
+    scores = pairs.samples.scores.scores
+    if config.fusion:
+        winner = pairs.target_scores.scores
+    else:
+        winner = scores[[t.reference for t in pairs.triples]]
+    return [i for i, t in enumerate(pairs.triples) if winner[i] > scores[t.base]]
+
+
 class DPO(Method):
     name = "dpo"
 
     def prepare(self, policy: Policy, pairs: Pairs, stats: PerPromptStats) -> Examples:
-        traj = pairs.samples.trajectories
-        losers = traj.select([t.base for t in pairs.triples])
+        traj, keep = pairs.samples.trajectories, winning_pairs(pairs, policy.config)
+        if not keep:  # nothing to learn from this epoch (the update is skipped)
+            none = traj.select([])
+            return Examples([none, none], [], [])
+        losers = traj.select([pairs.triples[i].base for i in keep])
         if policy.config.fusion:
-            winners = pairs.fusion.targets
+            winners = pairs.fusion.targets.select(keep)
         else:
-            winners = traj.select([t.reference for t in pairs.triples])
+            winners = traj.select([pairs.triples[i].reference for i in keep])
         with reference_policy(policy.unet):
             refs = [recompute_log_probs(policy.pipe, t, unet=policy.unet) for t in (winners, losers)]
         return Examples([winners, losers], [_text(policy.pipe, winners), _text(policy.pipe, losers)], refs)
