@@ -65,6 +65,28 @@ def command(run: Path, method: str, fusion: bool, suite: str, seed: int, extra: 
     return cmd
 
 
+#: What :func:`export_run` keeps of a finished run: enough for ``dfusion report`` (no checkpoints).
+EXPORTED_FILES = ("config.json", "run.json", "metrics.jsonl", "train_log.jsonl")
+
+
+def export_run(run: Path, dest: Path) -> Path:
+    """Copy a finished run's configuration, run info, logs and its first and last evaluation grids to ``dest`` (no
+    checkpoints: a few hundred KB), so that the results can be committed and the report rebuilt from them."""
+    import shutil
+    import tempfile
+
+    from dfusion_bench import atomic
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    for name in EXPORTED_FILES:
+        shutil.copy2(run / name, staged / name)
+    epochs = sorted((run / "eval").glob("epoch-*"))
+    for folder in {epochs[0], epochs[-1]} if epochs else ():
+        shutil.copytree(folder, staged / "eval" / folder.name)
+    return atomic.replace_dir(staged, dest)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Train every method x fusion x suite, then build the report.")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -73,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/grid"))
     parser.add_argument("--report", type=Path, default=Path("results/report"))
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (each uses one CPU thread)")
+    parser.add_argument("--export", type=Path, default=None, help="copy finished runs here; report on the copies")
+    parser.add_argument("--with", dest="also", type=Path, nargs="*", default=[], help="more report inputs (fuse dirs)")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more `dfusion train` options")
     args = parser.parse_args(argv)
     console = Console()
@@ -103,7 +127,14 @@ def main(argv: list[str] | None = None) -> int:
                     failed.append(run.name)
     from dfusion_bench.report import build_report
 
-    index = build_report([args.out], args.report)
+    sources = [args.out]
+    if args.export is not None:
+        done = [run_dir(args.out, *c) for c in cells if is_complete(run_dir(args.out, *c), epochs)]
+        for run in done:
+            export_run(run, args.export / run.name)
+        console.print(f"exported {len(done)} runs to {args.export}")
+        sources = [args.export]
+    index = build_report([*sources, *args.also], args.report)
     console.print(f"report: {index}")
     if failed:
         console.print(f"[red]{len(failed)} runs failed: {', '.join(failed)}")

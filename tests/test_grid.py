@@ -1,0 +1,33 @@
+"""The grid's export: what gets committed of a finished run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dfusion_bench.grid import EXPORTED_FILES, export_run
+
+
+def _fake_run(run: Path) -> None:
+    for name in EXPORTED_FILES:
+        (run / name).parent.mkdir(parents=True, exist_ok=True)
+        (run / name).write_text(name)
+    for epoch in (0, 2, 4):
+        folder = run / "eval" / f"epoch-{epoch:04d}"
+        folder.mkdir(parents=True)
+        (folder / "train.png").write_bytes(b"png")
+    (run / "checkpoints" / "epoch-0004").mkdir(parents=True)
+    (run / "checkpoints" / "epoch-0004" / "lora.safetensors").write_bytes(b"weights")
+
+
+def test_export_keeps_logs_and_first_and_last_eval_only(tmp_path: Path) -> None:
+    run, dest = tmp_path / "run", tmp_path / "results" / "run"
+    _fake_run(run)
+    export_run(run, dest)
+    assert sorted(p.name for p in (dest / "eval").iterdir()) == ["epoch-0000", "epoch-0004"]
+    assert all((dest / name).read_text() == name for name in EXPORTED_FILES)
+    assert not (dest / "checkpoints").exists()
+    # exporting again replaces the copy (a rerun of the grid), leaving nothing staged behind
+    (run / "metrics.jsonl").write_text("new")
+    export_run(run, dest)
+    assert (dest / "metrics.jsonl").read_text() == "new"
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["run"]
