@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sources = [args.out]
     if args.export is not None:
-        done = [run_dir(args.out, *c) for c in cells if is_complete(run_dir(args.out, *c), epochs)]
+        done = [run for run in (run_dir(args.out, *c) for c in cells) if is_complete(run, epochs)]
         for run in done:
             export_run(run, args.export / run.name)
         console.print(f"exported {len(done)} runs to {args.export}")

@@ -19,18 +19,33 @@ import os
 from pathlib import Path
 
 from dfusion_bench import atomic
+from dfusion_bench.grid import EMBEDDED_LR, GRID_CONFIG
 
 BASELINE_FILE = Path(__file__).parent / "regression_baseline.json"
+
+
+def _grid_options(*names: str) -> list[str]:
+    """These options, with their values, as the grid's per-run configuration sets them."""
+    out: list[str] = []
+    for name in names:
+        at = GRID_CONFIG.index(name)
+        out += GRID_CONFIG[at : at + 2]
+    return out
+
 
 FORMS = {
     # SD: the literature's DPO settings (D3PO lr 3e-5)
     "real": {"template": "paper-t1", "scorer": "clip", "fusion": [], "train": []},
-    # the embedded model: the grid's settings (dfusion_bench.grid.GRID_CONFIG and EMBEDDED_LR), its first 2 epochs
+    # the embedded model: the grid's settings, its first 2 epochs
     "embedded": {
         "template": "shapes-objects",
         "scorer": "verifier",
-        "fusion": ["--mask-resolution", "16"],
-        "train": ["--lr", "1e-3", "--inner-epochs", "2", "--train-batch-size", "2", "--timestep-fraction", "0.5"],
+        "fusion": _grid_options("--mask-resolution"),
+        "train": [
+            "--lr",
+            str(EMBEDDED_LR["dpo"]),
+            *_grid_options("--inner-epochs", "--train-batch-size", "--timestep-fraction"),
+        ],
     },
 }
 #: Sized so that DPO's train-split score rises in both runs on the embedded model (measured; see BASELINE_FILE).
