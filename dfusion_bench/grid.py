@@ -38,14 +38,6 @@ GRID_CONFIG = [
     "--mask-resolution", "16",
 ]  # fmt: skip
 
-#: Learning rates on the embedded model. The literature's (dpo 3e-5, ddpo/pg 3e-4, for SD's 865M-parameter UNet
-#: over thousands of updates) barely move this 2.8M-parameter model in a 20-minute run. Calibrated without fusion on
-#: the first 8 shapes-objects prompts (scratch runs, 2-6 epochs): dpo 3e-5 no change, 1e-3 train alignment up,
-#: 3e-3 collapse; with fusion ddpo and pg at 1e-2 (the literature's 10x ratio to dpo) collapsed within 2 epochs, so
-#: ddpo and pg use 1e-3. Plain dpo at 1e-3 then collapsed or degraded in 3 of 5 four-epoch grid runs (stop 7), so
-#: dpo uses 3e-4. The same rate serves with and without fusion.
-EMBEDDED_LR = {"dpo": 3e-4, "ddpo": 1e-3, "pg": 1e-3}
-
 
 def run_dir(root: Path, method: str, fusion: bool, suite: str, seed: int) -> Path:
     return root / f"{method}-{'fusion' if fusion else 'plain'}-{suite}-s{seed}"
@@ -59,7 +51,7 @@ def is_complete(run: Path, epochs: int) -> bool:
 def command(run: Path, method: str, fusion: bool, suite: str, seed: int, extra: list[str]) -> list[str]:
     flag = "--fusion" if fusion else "--no-fusion"
     cmd = [sys.executable, "-m", "dfusion_bench", "train", "--method", method, flag, "--template", suite,
-           "--seed", str(seed), "--out", str(run), "--device", "cpu", "--lr", str(EMBEDDED_LR[method]),
+           "--seed", str(seed), "--out", str(run), "--device", "cpu",
            *GRID_CONFIG, *extra]  # fmt: skip
     if (run / "checkpoints" / "latest.json").is_file():
         cmd.append("--resume")

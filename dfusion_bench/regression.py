@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 
 from dfusion_bench import atomic
-from dfusion_bench.grid import EMBEDDED_LR, GRID_CONFIG
+from dfusion_bench.grid import GRID_CONFIG
 
 BASELINE_FILE = Path(__file__).parent / "regression_baseline.json"
 
@@ -36,16 +36,12 @@ def _grid_options(*names: str) -> list[str]:
 FORMS = {
     # SD: the literature's DPO settings (D3PO lr 3e-5)
     "real": {"template": "paper-t1", "scorer": "clip", "fusion": [], "train": []},
-    # the embedded model: the grid's settings, its first 2 epochs
+    # the embedded model: the grid's settings and learning rate (the embedded default), its first 2 epochs
     "embedded": {
         "template": "shapes-objects",
         "scorer": "verifier",
         "fusion": _grid_options("--mask-resolution"),
-        "train": [
-            "--lr",
-            str(EMBEDDED_LR["dpo"]),
-            *_grid_options("--inner-epochs", "--train-batch-size", "--timestep-fraction"),
-        ],
+        "train": _grid_options("--inner-epochs", "--train-batch-size", "--timestep-fraction"),
     },
 }
 #: Sized so that DPO's train-split score rises in both runs on the embedded model (measured; see BASELINE_FILE).

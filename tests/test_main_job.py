@@ -8,6 +8,7 @@ import pytest
 
 from dfusion_bench.cli import main
 from dfusion_bench.models import EMBEDDED_MODEL
+from dfusion_bench.rl.config import EMBEDDED_LR
 
 
 @pytest.mark.skipif(not (EMBEDDED_MODEL / "model_index.json").is_file(), reason="the embedded model is not installed")
@@ -19,7 +20,9 @@ def test_main_job_runs_with_no_other_options(tmp_path, monkeypatch, capsys) -> N
         assert exc.code in (0, None)
     run = tmp_path / "runs" / "dpo-fusion-shapes-objects-s0"
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    epochs = json.loads((run / "config.json").read_text())["epochs"]
+    config = json.loads((run / "config.json").read_text())
+    epochs = config["epochs"]
+    assert config["optim"]["lr"] == EMBEDDED_LR["dpo"]  # resolved and stored: the embedded model's rate
     assert [(r["epoch"], r["split"]) for r in rows] == [(e, s) for e in range(epochs + 1) for s in ("train", "test")]
     assert all(r["scorer"] == "verifier" and r["aligned_rate"] is not None for r in rows)
     log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]

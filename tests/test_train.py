@@ -20,7 +20,7 @@ from dfusion_bench.cli import main
 from dfusion_bench.fusion import FusionConfig
 from dfusion_bench.pairs import build_pairs, sample_and_score
 from dfusion_bench.rl.advantages import PerPromptStats
-from dfusion_bench.rl.config import DPOSettings, LoraSettings, TrainConfig
+from dfusion_bench.rl.config import EMBEDDED_LR, LITERATURE_LR, DPOSettings, LoraSettings, OptimSettings, TrainConfig
 from dfusion_bench.rl.lora import add_lora, reference_policy
 from dfusion_bench.rl.methods import METHODS, Policy, winning_pairs
 from dfusion_bench.scorers import get_scorer
@@ -102,6 +102,15 @@ def test_dpo_trains_only_pairs_whose_winner_wins(lora_pipe, pairs, fusion: bool)
     assert 0 not in winning_pairs(dataclasses.replace(pairs, samples=samples), config)
     all_pairs = TrainConfig(method="dpo", fusion=fusion, dpo=DPOSettings(require_win=False))
     assert winning_pairs(pairs, all_pairs) == list(range(len(pairs.triples)))
+
+
+@pytest.mark.parametrize("method", ["dpo", "ddpo", "pg"])
+def test_default_learning_rate_depends_on_the_model(method: str) -> None:
+    """The embedded model's calibrated rate without --model, the literature's with one; an explicit rate wins."""
+    assert TrainConfig(method=method).lr == EMBEDDED_LR[method]
+    assert TrainConfig(method=method, model="some/sd-folder").lr == LITERATURE_LR[method]
+    assert TrainConfig(method=method, optim=OptimSettings(lr=0.5)).lr == 0.5
+    assert EMBEDDED_LR[method] != LITERATURE_LR[method]
 
 
 def test_reference_policy_is_the_base_model(lora_pipe) -> None:

@@ -75,7 +75,9 @@ def train(
     seed: o.Seed = 0,
     eval_every: int = typer.Option(1, "--eval-every", min=1, help="Evaluate on train and test every k epochs."),
     eval_samples_per_prompt: int = typer.Option(4, "--eval-samples-per-prompt", min=1, help="Fixed-seed eval samples."),
-    lr: float = typer.Option(None, "--lr", help="Learning rate. Default: the method's (dpo 3e-5, ddpo/pg 3e-4)."),
+    lr: float = typer.Option(
+        None, "--lr", help="Learning rate. Default: embedded dpo 3e-4, ddpo/pg 1e-3; --model dpo 3e-5, ddpo/pg 3e-4."
+    ),
     inner_epochs: int = typer.Option(1, "--inner-epochs", min=1, help="Passes over each epoch's data."),
     train_batch_size: int = typer.Option(8, "--train-batch-size", min=1, help="Examples per optimizer step."),
     timestep_fraction: float = typer.Option(1.0, "--timestep-fraction", help="Fraction of steps trained on."),
@@ -105,7 +107,15 @@ def train(
     dtype: o.Dtype = None,
 ) -> None:
     """Fine-tune the UNet's LoRA adapters with an RL method; evaluate on train and held-out prompts each epoch."""
-    from dfusion_bench.rl.config import DDPOSettings, DPOSettings, LoraSettings, OptimSettings, PGSettings, TrainConfig
+    from dfusion_bench.rl.config import (
+        DDPOSettings,
+        DPOSettings,
+        LoraSettings,
+        OptimSettings,
+        PGSettings,
+        TrainConfig,
+        default_lr,
+    )
     from dfusion_bench.rl.trainer import Trainer
     from dfusion_bench.runinfo import check_out_dir
     from dfusion_bench.session import pick_device
@@ -134,7 +144,10 @@ def train(
         ),
         lora=LoraSettings(rank=lora_rank, alpha=float(lora_rank), targets=tuple(lora_targets.split(","))),
         optim=OptimSettings(
-            lr=lr, inner_epochs=inner_epochs, batch_size=train_batch_size, timestep_fraction=timestep_fraction
+            lr=lr if lr is not None else default_lr(method, str(model) if model else None),
+            inner_epochs=inner_epochs,
+            batch_size=train_batch_size,
+            timestep_fraction=timestep_fraction,
         ),
         dpo=DPOSettings(beta=beta, eps=dpo_eps, require_win=dpo_require_win),
         ddpo=DDPOSettings(clip_range=clip_range, adv_clip_max=adv_clip),
