@@ -36,12 +36,13 @@ def _grid_options(*names: str) -> list[str]:
 FORMS = {
     # SD: the literature's DPO settings (D3PO lr 3e-5)
     "real": {"template": "paper-t1", "scorer": "clip", "fusion": [], "train": []},
-    # the embedded model: the grid's settings and learning rate (the embedded default), its first 2 epochs
+    # the embedded model: the grid's settings, 2 epochs at lr 1e-3 (at the default 3e-4, 2 epochs are too few to
+    # move dpo + fusion: train 0.839 -> 0.828, measured; plain 0.839 -> 0.880)
     "embedded": {
         "template": "shapes-objects",
         "scorer": "verifier",
         "fusion": _grid_options("--mask-resolution"),
-        "train": _grid_options("--inner-epochs", "--train-batch-size", "--timestep-fraction"),
+        "train": ["--lr", "1e-3", *_grid_options("--inner-epochs", "--train-batch-size", "--timestep-fraction")],
     },
 }
 #: Sized so that DPO's train-split score rises in both runs on the embedded model (measured; see BASELINE_FILE).
