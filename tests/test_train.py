@@ -256,6 +256,11 @@ def test_resume_refuses_changed_options(capsys, tmp_path, tiny_dir) -> None:
     assert "--beta differs" in capsys.readouterr().err
     assert _cli(*args, "--epochs", "2", "--beta", "0.1", "--resume") == 0  # the same value is fine
     assert json.loads((out / "config.json").read_text())["epochs"] == 2
+    # options left out take the run's values, not the defaults (which differ here: template, prompts, scorer, ...)
+    assert _cli("train", "--method", "dpo", "--out", str(out), "--resume", "--epochs", "3") == 0
+    assert _cli("train", "--method", "dpo", "--out", str(out), "--resume") == 0  # no --epochs: the run's 3
+    config = json.loads((out / "config.json").read_text())
+    assert config["epochs"] == 3 and config["template"] == "paper-t1" and config["prompts"] == 2
 
 
 def test_two_processes_keep_lora_identical_and_match_one_process(tmp_path, tiny_dir) -> None:

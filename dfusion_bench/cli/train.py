@@ -4,18 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import click
 import typer
 
 from dfusion_bench.cli import options as o
 from dfusion_bench.errors import UserError
 
 
-def _explicit(ctx: click.Context) -> set[str]:
-    """Names of the options the user actually gave (not defaults)."""
-    return {
-        name for name in ctx.params if ctx.get_parameter_source(name) not in (click.core.ParameterSource.DEFAULT, None)
-    }
+def _explicit(ctx: typer.Context) -> set[str]:
+    """Names of the options the user actually gave (not defaults).
+
+    Compared by the source's name: typer ships its own copy of click, whose ParameterSource is not click's.
+    """
+    given = {"COMMANDLINE", "ENVIRONMENT", "PROMPT"}
+    return {name for name in ctx.params if getattr(ctx.get_parameter_source(name), "name", None) in given}
 
 
 #: Where each option lands in the nested configuration (options not listed map to the field of their own name).
