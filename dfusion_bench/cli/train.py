@@ -115,7 +115,6 @@ def train(
         OptimSettings,
         PGSettings,
         TrainConfig,
-        default_lr,
     )
     from dfusion_bench.rl.trainer import Trainer
     from dfusion_bench.runinfo import check_out_dir
@@ -145,7 +144,7 @@ def train(
         ),
         lora=LoraSettings(rank=lora_rank, alpha=float(lora_rank), targets=tuple(lora_targets.split(","))),
         optim=OptimSettings(
-            lr=lr if lr is not None else default_lr(method, str(model) if model else None),
+            lr=lr,
             inner_epochs=inner_epochs,
             batch_size=train_batch_size,
             timestep_fraction=timestep_fraction,
@@ -158,13 +157,14 @@ def train(
         stored = TrainConfig.load(out / "config.json") if (out / "config.json").is_file() else None
         if stored is None:
             raise UserError(f"--resume: {out} holds no run (no config.json); start it without --resume")
-        given = _explicit(ctx) - {"resume", "out", "device", "dtype", "overwrite", "epochs"}
+        explicit = _explicit(ctx)
+        given = explicit - {"resume", "out", "device", "dtype", "overwrite", "epochs"}
         mine, theirs = _flat(config.to_dict()), _flat(stored.to_dict())
         clash = sorted(o for o in given if any(mine[p] != theirs.get(p) for p in OPTION_PATHS.get(o, (o,))))
         if clash:
             raise UserError(f"--resume: --{clash[0].replace('_', '-')} differs from the run's config.json; drop it")
         config = TrainConfig.from_dict(
-            {**stored.to_dict(), "epochs": epochs if "epochs" in _explicit(ctx) else stored.epochs}
+            {**stored.to_dict(), "epochs": epochs if "epochs" in explicit else stored.epochs}
         )
     else:
         check_out_dir(out, overwrite)

@@ -50,7 +50,7 @@ class LoraSettings:
 class OptimSettings:
     """AdamW, as in ddpo-pytorch and D3PO: weight decay 1e-4, gradient-norm clip 1."""
 
-    lr: float | None = None  # None: default_lr(method, model)
+    lr: float | None = None  # None: TrainConfig resolves it to default_lr(method, model)
     weight_decay: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.999)
     grad_clip: float = 1.0
@@ -141,10 +141,12 @@ class TrainConfig:
             problems.append(f"--samples-per-prompt: {pairing}")
         if problems:
             raise UserError("; ".join(problems))
+        if self.optim.lr is None:  # resolved here, so config.json records the rate the run used
+            object.__setattr__(self, "optim", dataclasses.replace(self.optim, lr=default_lr(self.method, self.model)))
 
     @property
     def lr(self) -> float:
-        return self.optim.lr if self.optim.lr is not None else default_lr(self.method, self.model)
+        return self.optim.lr
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
