@@ -155,6 +155,19 @@ def test_index_is_self_contained(built: dict[str, Path]) -> None:
     assert "D-Fusion gain" in page and "Wilcoxon signed-rank over prompts (seed 7)" in page
 
 
+def test_identical_images_are_stored_once(built: dict[str, Path]) -> None:
+    """The fixture's runs share their epoch-0 grids (same bytes per fusion setting): one file each, shown by all."""
+    out, page = built["out"], built["index"].read_text()
+    files = [p for p in (out / "images").rglob("*.png")]
+    contents = [p.read_bytes() for p in files]
+    assert len(set(contents)) == len(contents), "an image is stored twice"
+    shown = re.findall(r'src="(images/runs/[^"]+)"', page)
+    n_runs = len(collect([built["runs"]]).runs)
+    assert len(shown) == n_runs * 4  # train and test, before and after, for every run
+    assert len(set(shown)) < len(shown)  # the shared epoch-0 grids are referenced, not copied
+    assert all((out / src).is_file() for src in shown)
+
+
 def test_curve_band_only_with_several_seeds(built: dict[str, Path]) -> None:
     runs = collect([built["runs"]]).runs
     points = curves_mod.curve_points(runs)

@@ -7,6 +7,7 @@ and never touches anything else in the folder.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import warnings
@@ -29,12 +30,15 @@ MAX_TRIPLES = 6
 
 
 class _Images:
-    """Copies images into the report folder under unique names and remembers what it wrote."""
+    """Copies images into the report folder under unique names and remembers what it wrote. An image whose bytes
+    were copied before is not stored again: the page refers to the first copy (every run of a template and seed
+    starts from the same base model and evaluation seeds, so their epoch-0 grids are identical)."""
 
     def __init__(self, out: Path) -> None:
         self.out = out
         self.written: list[Path] = []
         self._names: set[str] = set()
+        self._by_content: dict[str, str] = {}
 
     def folder(self, kind: str, name: str) -> str:
         """A fresh ``images/<kind>/<slug>`` folder name (suffixed ``-2``, ``-3`` ... when taken)."""
@@ -47,8 +51,12 @@ class _Images:
         return candidate
 
     def copy(self, source: Path, relative: str) -> str:
-        self.written.append(atomic.write_bytes(self.out / relative, source.read_bytes()))
-        return relative
+        data = source.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        if digest not in self._by_content:
+            self.written.append(atomic.write_bytes(self.out / relative, data))
+            self._by_content[digest] = relative
+        return self._by_content[digest]
 
 
 def _before_after(runs: Sequence[Run], images: _Images) -> list[Gallery]:
