@@ -1,4 +1,4 @@
-"""``dfusion world``: the embedded shapes world (pretraining the shipped model)."""
+"""``dfusion world``: the embedded shapes world (pretraining the shipped model, and measuring it)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-app = typer.Typer(help="The embedded shapes world: pretrain the shipped pipeline.", no_args_is_help=True)
+app = typer.Typer(help="The embedded shapes world: pretrain the shipped pipeline and measure it.", no_args_is_help=True)
 
 
 @app.command()
@@ -130,3 +130,38 @@ def quality(
         atomic.write_text(stage / "quality.md", to_markdown(display_numbers(table)))
         write_run_info(stage, "world quality", {"per_prompt": per_prompt, "model": str(model)}, {})
     typer.echo(table.to_string(index=False))
+
+
+@app.command("text-probe")
+def text_probe(
+    out: Path = typer.Option(..., help="Output folder: distances.csv (per prompt and edit) and probe.csv / probe.md."),
+    template: str = typer.Option("shapes-spatial", help="The shapes suite whose prompts (train and test) are edited."),
+    model: Path = typer.Option(None, help="A world pipeline folder (default: the shipped one)."),
+    overwrite: bool = typer.Option(False, help="Replace a non-empty --out."),
+) -> None:
+    """How far one-word edits of the suite's prompts move the text conditioning (relation vs color, shape, size)."""
+    import torch
+
+    from dfusion_bench import atomic
+    from dfusion_bench.errors import UserError
+    from dfusion_bench.report.table_io import display_numbers, to_markdown
+    from dfusion_bench.runinfo import staged_dir, write_run_info
+    from dfusion_bench.session import ModelChoice
+    from dfusion_bench.templates import load_suite
+    from dfusion_bench.world.text_probe import edit_distances, probe_summary
+
+    suite = load_suite(template)
+    choice = ModelChoice.check(model)
+    if not choice.is_world:
+        raise UserError(f"{choice.path} is not a shapes-world pipeline; the probe edits prompts of the world's grammar")
+    pipe = choice.load(torch.device("cpu"), torch.float32)
+    prompts = [entry.prompt for entry in (*suite.train, *suite.test)]
+    with staged_dir(out, overwrite) as stage:
+        distances = edit_distances(pipe, prompts)
+        summary = probe_summary(distances)
+        atomic.write_text(stage / "distances.csv", distances.to_csv(index=False))
+        atomic.write_text(stage / "probe.csv", summary.to_csv(index=False))
+        atomic.write_text(stage / "probe.md", to_markdown(display_numbers(summary)))
+        write_run_info(stage, "world text-probe", {"template": suite.name, "model": str(choice.path)}, {})
+    typer.echo(summary.to_string(index=False))
+    typer.echo(f"written to {out}")

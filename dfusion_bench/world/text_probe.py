@@ -1,0 +1,103 @@
+"""What the text conditioning carries: how far one-word edits of a prompt move the text encoder's output.
+
+For each prompt of a suite and each one-word edit (the relation to its opposite, an object's color, shape or size to
+another value), the distance between the conditioning the UNet sees for the prompt and for its edit: the L2 norm of
+the difference of the two embedding sequences, per token, summed over tokens (and its largest token). An edit whose
+distance is small next to the others is a word the UNet can barely react to, whatever it learns; RL that adapts only
+the UNet cannot recover it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import pandas as pd
+import torch
+from diffusers import StableDiffusionPipeline
+
+from dfusion_bench.denoise import encode_text
+from dfusion_bench.world.grammar import COLORS, RELATIONS, SHAPES, SIZES, ObjectSpec, SceneSpec, format_prompt, parse
+
+#: Each relation's opposite (the negated direction): "above" <-> "below", "on the left of" <-> "on the right of".
+OPPOSITE = {r: next(o for o, (ox, oy) in RELATIONS.items() if (ox, oy) == (-x, -y)) for r, (x, y) in RELATIONS.items()}
+
+
+def _next(values: tuple[str, ...] | list[str], current: str) -> str:
+    return values[(values.index(current) + 1) % len(values)]
+
+
+def _edit_object(index: int, attribute: str, values: tuple[str, ...]) -> Callable[[SceneSpec], SceneSpec | None]:
+    def edit(spec: SceneSpec) -> SceneSpec | None:
+        if index >= len(spec.objects) or getattr(spec.objects[index], attribute) is None:
+            return None
+        old: ObjectSpec = spec.objects[index]
+        new = dataclasses.replace(old, **{attribute: _next(values, getattr(old, attribute))})
+        objects = tuple(new if i == index else o for i, o in enumerate(spec.objects))
+        return dataclasses.replace(spec, objects=objects)
+
+    return edit
+
+
+def _opposite_relation(spec: SceneSpec) -> SceneSpec | None:
+    return None if spec.relation is None else dataclasses.replace(spec, relation=OPPOSITE[spec.relation])
+
+
+#: Edit name -> a function giving the edited spec (``None`` where the edit does not apply to a prompt). Every edit
+#: changes one word and keeps the token count, so the two sequences align position by position.
+EDITS: dict[str, Callable[[SceneSpec], SceneSpec | None]] = {
+    "relation: opposite": _opposite_relation,
+    "first object: color": _edit_object(0, "color", tuple(COLORS)),
+    "first object: shape": _edit_object(0, "shape", SHAPES),
+    "first object: size": _edit_object(0, "size", SIZES),
+    "second object: color": _edit_object(1, "color", tuple(COLORS)),
+    "second object: shape": _edit_object(1, "shape", SHAPES),
+    "second object: size": _edit_object(1, "size", SIZES),
+}
+
+
+def edited_prompts(prompt: str) -> list[tuple[str, str]]:
+    """``(edit name, edited prompt)`` for every edit that applies to ``prompt``."""
+    spec = parse(prompt)
+    out = []
+    for name, edit in EDITS.items():
+        edited = edit(spec)
+        if edited is not None:
+            out.append((name, format_prompt(edited)))
+    return out
+
+
+def edit_distances(pipe: StableDiffusionPipeline, prompts: list[str]) -> pd.DataFrame:
+    """One row per (prompt, edit): the summed and the largest per-token L2 distance of the two conditionings."""
+    pairs = [(p, name, e) for p in prompts for name, e in edited_prompts(p)]
+    if not pairs:
+        return pd.DataFrame(columns=["prompt", "edit", "edited", "l2_sum", "l2_max"])
+    original = encode_text(pipe, [p for p, _, _ in pairs]).cond.float()
+    edited = encode_text(pipe, [e for _, _, e in pairs]).cond.float()
+    per_token = torch.linalg.vector_norm(original - edited, dim=-1)  # (n, L)
+    return pd.DataFrame(
+        {
+            "prompt": [p for p, _, _ in pairs],
+            "edit": [name for _, name, _ in pairs],
+            "edited": [e for _, _, e in pairs],
+            "l2_sum": per_token.sum(dim=1).cpu().numpy(),
+            "l2_max": per_token.amax(dim=1).cpu().numpy(),
+        }
+    )
+
+
+def probe_summary(distances: pd.DataFrame) -> pd.DataFrame:
+    """Per edit: how many prompts, mean summed and largest distance, and the mean summed distance relative to the
+    mean over all color edits (1.0 = moves the conditioning as much as naming another color)."""
+    summary = (
+        distances.groupby("edit", sort=False)
+        .agg(n_prompts=("prompt", "size"), l2_sum=("l2_sum", "mean"), l2_max=("l2_max", "mean"))
+        .reset_index()
+    )
+    colors = distances[distances.edit.str.endswith(": color")]
+    reference = colors.l2_sum.mean() if len(colors) else float("nan")
+    summary["relative_to_color"] = summary.l2_sum / reference
+    return summary
+
+
+__all__ = ["EDITS", "edit_distances", "edited_prompts", "probe_summary"]
