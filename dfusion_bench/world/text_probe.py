@@ -23,7 +23,7 @@ from dfusion_bench.world.grammar import COLORS, RELATIONS, SHAPES, SIZES, Object
 OPPOSITE = {r: next(o for o, (ox, oy) in RELATIONS.items() if (ox, oy) == (-x, -y)) for r, (x, y) in RELATIONS.items()}
 
 
-def _next(values: tuple[str, ...] | list[str], current: str) -> str:
+def _next(values: tuple[str, ...], current: str) -> str:
     return values[(values.index(current) + 1) % len(values)]
 
 
