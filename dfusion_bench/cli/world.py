@@ -31,6 +31,20 @@ def pretrain(
         typer.echo(f"pipeline written to {done}")
 
 
+def _world_pipeline(model: Path | None, why: str):
+    """The checked world pipeline at ``model`` (default: the shipped one), loaded on CPU in float32; any other
+    pipeline is refused in one line that says ``why`` the command needs the world."""
+    import torch
+
+    from dfusion_bench.errors import UserError
+    from dfusion_bench.session import ModelChoice
+
+    choice = ModelChoice.check(model)
+    if not choice.is_world:
+        raise UserError(f"{choice.path} is not a shapes-world pipeline; {why}")
+    return choice.load(torch.device("cpu"), torch.float32), choice.path
+
+
 #: Named D-Fusion variants for ``dfusion world study`` (each changes one thing from the paper's defaults).
 VARIANTS = {
     "paper": {},
@@ -72,23 +86,16 @@ def study(
     overwrite: bool = typer.Option(False, help="Replace a non-empty --out."),
 ) -> None:
     """Measure D-Fusion on the embedded model with the exact verifier: alignment, visual consistency, mask IoU."""
-    import torch
-
     from dfusion_bench import atomic
-    from dfusion_bench.errors import UserError
     from dfusion_bench.progress import progress_bar
     from dfusion_bench.report.table_io import display_numbers, to_markdown
     from dfusion_bench.runinfo import staged_dir, write_run_info
-    from dfusion_bench.session import ModelChoice
     from dfusion_bench.templates import load_suite
     from dfusion_bench.world.fusion_study import run_study
 
     chosen = [_variant(v.strip()) for v in variants.split(",") if v.strip()]
     suite = load_suite(template)
-    choice = ModelChoice.check(model)
-    if not choice.is_world:
-        raise UserError(f"{choice.path} is not a shapes-world pipeline; the study needs the exact verifier")
-    pipe = choice.load(torch.device("cpu"), torch.float32)
+    pipe, _ = _world_pipeline(model, "the study needs the exact verifier")
     with staged_dir(out, overwrite) as stage, progress_bar() as progress:
         tables = run_study(
             pipe, list(suite.train)[:prompts], list(suite.test)[:prompts], chosen, per_prompt, seed, progress=progress
@@ -140,21 +147,14 @@ def text_probe(
     overwrite: bool = typer.Option(False, help="Replace a non-empty --out."),
 ) -> None:
     """How far one-word edits of the suite's prompts move the text conditioning (relation vs color, shape, size)."""
-    import torch
-
     from dfusion_bench import atomic
-    from dfusion_bench.errors import UserError
     from dfusion_bench.report.table_io import display_numbers, to_markdown
     from dfusion_bench.runinfo import staged_dir, write_run_info
-    from dfusion_bench.session import ModelChoice
     from dfusion_bench.templates import load_suite
     from dfusion_bench.world.text_probe import edit_distances, probe_summary
 
     suite = load_suite(template)
-    choice = ModelChoice.check(model)
-    if not choice.is_world:
-        raise UserError(f"{choice.path} is not a shapes-world pipeline; the probe edits prompts of the world's grammar")
-    pipe = choice.load(torch.device("cpu"), torch.float32)
+    pipe, path = _world_pipeline(model, "the probe edits prompts of the world's grammar")
     prompts = [entry.prompt for entry in (*suite.train, *suite.test)]
     with staged_dir(out, overwrite) as stage:
         distances = edit_distances(pipe, prompts)
@@ -162,6 +162,6 @@ def text_probe(
         atomic.write_text(stage / "distances.csv", distances.to_csv(index=False))
         atomic.write_text(stage / "probe.csv", summary.to_csv(index=False))
         atomic.write_text(stage / "probe.md", to_markdown(display_numbers(summary)))
-        write_run_info(stage, "world text-probe", {"template": suite.name, "model": str(choice.path)}, {})
+        write_run_info(stage, "world text-probe", {"template": suite.name, "model": str(path)}, {})
     typer.echo(summary.to_string(index=False))
     typer.echo(f"written to {out}")
