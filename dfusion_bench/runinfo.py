@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import platform
 import shutil
 import sys
@@ -40,6 +41,36 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+#: Weight files up to this size are hashed whole; larger ones (SD's UNet) by size, head and tail, to stay fast.
+_WHOLE_HASH_LIMIT = 64 * 2**20
+_PART = 2**20
+
+
+def model_digest(folder: Path) -> str:
+    """A short fingerprint of a pipeline folder's weights, so that a result names the model that made it."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(folder).rglob("*")):
+        if path.suffix not in (".safetensors", ".bin") or not path.is_file():
+            continue
+        size = path.stat().st_size
+        digest.update(f"{path.relative_to(folder).as_posix()}:{size}".encode())
+        with path.open("rb") as f:
+            if size <= _WHOLE_HASH_LIMIT:
+                digest.update(f.read())
+            else:
+                digest.update(f.read(_PART))
+                f.seek(size - _PART)
+                digest.update(f.read(_PART))
+    return digest.hexdigest()[:16]
+
+
+def _model_folder(config: dict[str, Any]) -> Path:
+    from dfusion_bench.models import EMBEDDED_MODEL
+
+    model = config.get("model")
+    return Path(model) if model not in (None, "None") and Path(model).is_dir() else EMBEDDED_MODEL
+
+
 def check_out_dir(out: Path, overwrite: bool) -> Path:
     """Refuse an output folder that is a file, or not empty without ``overwrite``. Call before any work."""
     out = Path(out)
@@ -68,7 +99,9 @@ def staged_dir(out: Path, overwrite: bool) -> Iterator[Path]:
 
 
 def write_run_info(out: Path, command: str, config: dict[str, Any], seeds: dict[str, Any]) -> Path:
-    """``run.json``: the resolved configuration, package versions, seeds and the command line."""
+    """``run.json``: the resolved configuration, package versions, seeds, the command line, and the model's weights
+    fingerprint (of ``config["model"]`` when it is a folder, else of the shipped embedded pipeline)."""
+    model = _model_folder(config)
     info = {
         "command": command,
         "argv": sys.argv,
@@ -76,5 +109,6 @@ def write_run_info(out: Path, command: str, config: dict[str, Any], seeds: dict[
         "config": config,
         "seeds": seeds,
         "versions": package_versions(),
+        "model_digest": {"folder": str(model), "weights": model_digest(model)},
     }
     return atomic.write_json(Path(out) / "run.json", info)

@@ -36,5 +36,7 @@ def world_dir(tmp_path_factory):
     from dfusion_bench.world.pretrain import PretrainConfig, pretrain
 
     out = tmp_path_factory.mktemp("world")
-    cfg = PretrainConfig(vae_steps=2, unet_steps=2, batch_size=4, checkpoint_every=100, warmup_steps=1)
+    cfg = PretrainConfig(
+        vae_steps=2, text_steps=2, text_batch_size=8, unet_steps=2, batch_size=4, checkpoint_every=100, warmup_steps=1
+    )
     return pretrain(out, cfg)

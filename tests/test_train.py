@@ -23,6 +23,7 @@ from dfusion_bench.rl.advantages import PerPromptStats
 from dfusion_bench.rl.config import EMBEDDED_LR, LITERATURE_LR, DPOSettings, LoraSettings, OptimSettings, TrainConfig
 from dfusion_bench.rl.lora import add_lora, reference_policy
 from dfusion_bench.rl.methods import METHODS, Policy, winning_pairs
+from dfusion_bench.runinfo import model_digest
 from dfusion_bench.scorers import get_scorer
 from dfusion_bench.templates import PromptEntry
 from dfusion_bench.trajectories import SamplerConfig
@@ -161,6 +162,7 @@ def test_train_cli_end_to_end(tmp_path, tiny_dir) -> None:
     assert all(r["target_beats_base"] is not None for r in log)
     run = json.loads((out / "run.json").read_text())
     assert run["config"]["method"] == "dpo" and run["config"]["fusion"] is True and "torch" in run["versions"]
+    assert run["model_digest"]["weights"] == model_digest(tiny_dir)  # the result names the weights that made it
     first = (out / "checkpoints/epoch-0000/lora.safetensors").read_bytes()
     last = (out / "checkpoints/epoch-0002/lora.safetensors").read_bytes()
     assert first != last  # the update changed the adapters
@@ -290,3 +292,14 @@ def test_two_processes_keep_lora_identical_and_match_one_process(tmp_path, tiny_
     moved = max((b[k] - start[k]).abs().max().item() for k in b)
     assert moved > 1e-4  # the update did something
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-3 * moved
+
+
+def test_model_digest_changes_with_any_weight(tmp_path, tiny_dir) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_dir, copy)
+    assert model_digest(copy) == model_digest(tiny_dir)
+    weights = next(copy.glob("text_encoder/*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    assert model_digest(copy) != model_digest(tiny_dir)

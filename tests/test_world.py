@@ -97,13 +97,42 @@ def test_pretraining_resumes_to_the_same_weights(tmp_path) -> None:
 
     from dfusion_bench.world.pretrain import PretrainConfig, pretrain
 
-    cfg = PretrainConfig(vae_steps=3, unet_steps=3, batch_size=4, checkpoint_every=2, warmup_steps=2)
+    cfg = PretrainConfig(
+        vae_steps=3, text_steps=3, text_batch_size=8, unet_steps=3, batch_size=4, checkpoint_every=2, warmup_steps=2
+    )
     full = pretrain(tmp_path / "full", cfg)
-    assert pretrain(tmp_path / "split", cfg, stop_at=4) is None  # stopped inside the UNet phase
+    assert pretrain(tmp_path / "split", cfg, stop_at=4) is None  # stopped inside the text encoder's phase
     with pytest.raises(UserError, match="--resume"):
         pretrain(tmp_path / "split", cfg)
+    assert pretrain(tmp_path / "split", cfg, resume=True, stop_at=8) is None  # then inside the UNet's
     resumed = pretrain(tmp_path / "split", cfg, resume=True)
     for part in ("unet/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"):
         a, b = load_file(str(full / part)), load_file(str(resumed / part))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert (resumed / "dfusion_world.json").is_file()
+
+
+def test_training_captions_name_objects_in_order_and_hard_negatives_are_false() -> None:
+    """The text encoder's pretraining data: the objects come in caption order (so the layout target is right), and
+    every hard negative is a one-word edit that the verifier finds false of the image."""
+    from dfusion_bench.world.grammar import RELATIONS
+    from dfusion_bench.world.text_pretrain import OFFSET_UNIT, contrastive_batch
+
+    batch = contrastive_batch(0, 3, 0, 64)
+    again = contrastive_batch(0, 3, 0, 64)
+    assert batch.captions == again.captions and torch.equal(batch.images, again.images)  # a pure function
+    kinds = set()
+    for i, (text, negative, kind) in enumerate(zip(batch.captions, batch.negatives, batch.kinds, strict=True)):
+        spec = parse(text)
+        image = ((batch.images[i].permute(1, 2, 0).numpy() + 1) / 2).astype(np.float32)
+        assert verify(spec, image).aligned
+        if kind != "none":
+            kinds.add(kind)
+            assert negative != text and len(negative.split()) == len(text.split())
+            assert verify(parse(negative), image).score < 1.0
+        assert batch.two_objects[i] == (len(spec.objects) == 2)
+        if spec.relation is not None:  # the offset from the second object to the first points the relation's way
+            ux, uy = RELATIONS[spec.relation]
+            dx, dy = (batch.offsets[i] * OFFSET_UNIT).tolist()
+            assert dx * ux + dy * uy > 0
+    assert "relation: opposite" in kinds and any(k.endswith("color") for k in kinds)

@@ -15,7 +15,8 @@ def pretrain(
     seed: int = typer.Option(0, help="Seed of weights and data; same seed and steps give the same weights on CPU."),
     minutes: float = typer.Option(None, help="Stop after this many minutes (checkpointed; continue with --resume)."),
     vae_steps: int = typer.Option(1500, help="VAE training steps."),
-    unet_steps: int = typer.Option(6000, help="UNet + text encoder training steps."),
+    text_steps: int = typer.Option(1500, help="Contrastive (CLIP-style) text encoder training steps."),
+    unet_steps: int = typer.Option(6000, help="UNet training steps (text encoder frozen)."),
     batch_size: int = typer.Option(64, help="Scenes per step."),
     resume: bool = typer.Option(False, help="Continue from OUT/checkpoint.pt."),
 ) -> None:
@@ -23,7 +24,9 @@ def pretrain(
     from dfusion_bench.world.pretrain import PretrainConfig
     from dfusion_bench.world.pretrain import pretrain as run
 
-    cfg = PretrainConfig(seed=seed, vae_steps=vae_steps, unet_steps=unet_steps, batch_size=batch_size)
+    cfg = PretrainConfig(
+        seed=seed, vae_steps=vae_steps, text_steps=text_steps, unet_steps=unet_steps, batch_size=batch_size
+    )
     done = run(out, cfg, minutes=minutes, resume=resume)
     if done is None:
         typer.echo(f"stopped at the time limit; checkpoint in {out}; continue with --resume")

@@ -1,9 +1,11 @@
-"""Pretraining of the embedded model: the VAE first, then UNet and text encoder jointly, on freshly rendered scenes.
+"""Pretraining of the embedded model on freshly rendered scenes, in three phases, as Stable Diffusion's parts were made:
+the VAE; the text encoder, contrastively against an image encoder as CLIP's was (:mod:`.text_pretrain`); then the
+UNet, by the diffusion loss with the text encoder frozen.
 
 Every batch is a pure function of ``(seed, phase, step)``, so a run stopped at any checkpoint and resumed ends with the
 same weights as an uninterrupted one. Diffusion training follows Stable Diffusion (epsilon prediction on VAE latents,
 SD's noise schedule, 10% empty captions for classifier-free guidance) with two standard aids for a short CPU budget:
-Min-SNR-γ loss weighting (Hang et al. 2023, γ = 5) and an EMA of the weights (decay 0.999), which is what ships.
+Min-SNR-γ loss weighting (Hang et al. 2023, γ = 5) and an EMA of the UNet's weights (decay 0.999), which is what ships.
 """
 
 from __future__ import annotations
@@ -29,6 +31,12 @@ from dfusion_bench.sd_parts import NOISE_SCHEDULE, assemble
 from dfusion_bench.world import architecture
 from dfusion_bench.world.render import draw
 from dfusion_bench.world.scenes import training_example
+from dfusion_bench.world.text_pretrain import (
+    ContrastiveHeads,
+    contrastive_batch,
+    hard_negative_accuracy,
+    pretraining_loss,
+)
 from dfusion_bench.world.tokenizer import build_tokenizer
 
 MARKER = "dfusion_world.json"
@@ -39,6 +47,9 @@ CHECKPOINT = "checkpoint.pt"
 class PretrainConfig:
     seed: int = 0
     vae_steps: int = 1500
+    text_steps: int = 1500
+    text_batch_size: int = 256
+    text_lr: float = 1e-3
     unet_steps: int = 6000
     batch_size: int = 64
     vae_lr: float = 1e-3
@@ -83,39 +94,51 @@ class _State:
         self.vae = architecture.make_vae()
         self.unet = architecture.make_unet()
         self.text = architecture.make_text_encoder(self.tokenizer)
+        self.heads = ContrastiveHeads()
         self.vae_opt = torch.optim.AdamW(self.vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
-        params = [*self.unet.parameters(), *self.text.parameters()]
-        self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-2)
+        text_params = [*self.text.parameters(), *self.heads.parameters()]
+        self.text_opt = torch.optim.AdamW(text_params, lr=cfg.text_lr, weight_decay=1e-2)
+        self.opt = torch.optim.AdamW(self.unet.parameters(), lr=cfg.lr, weight_decay=1e-2)
         self.ema_unet = EMAModel(self.unet.parameters(), decay=cfg.ema_decay)
-        self.ema_text = EMAModel(self.text.parameters(), decay=cfg.ema_decay)
         self.vae_step = 0
+        self.text_step = 0
         self.unet_step = 0
+        self.text_eval: dict[str, float] = {}
+
+    @property
+    def steps(self) -> int:
+        return self.vae_step + self.text_step + self.unet_step
 
     def state_dict(self) -> dict:
         return {
             "config": dataclasses.asdict(self.cfg),
             "vae_step": self.vae_step,
+            "text_step": self.text_step,
             "unet_step": self.unet_step,
+            "text_eval": self.text_eval,
             "scaling_factor": self.vae.config.scaling_factor,
             "vae": self.vae.state_dict(),
             "unet": self.unet.state_dict(),
             "text": self.text.state_dict(),
+            "heads": self.heads.state_dict(),
             "vae_opt": self.vae_opt.state_dict(),
+            "text_opt": self.text_opt.state_dict(),
             "opt": self.opt.state_dict(),
             "ema_unet": self.ema_unet.state_dict(),
-            "ema_text": self.ema_text.state_dict(),
         }
 
     def load_state_dict(self, sd: dict) -> None:
-        self.vae_step, self.unet_step = sd["vae_step"], sd["unet_step"]
+        self.vae_step, self.text_step, self.unet_step = sd["vae_step"], sd["text_step"], sd["unet_step"]
+        self.text_eval = sd["text_eval"]
         self.vae.register_to_config(scaling_factor=sd["scaling_factor"])
         self.vae.load_state_dict(sd["vae"])
         self.unet.load_state_dict(sd["unet"])
         self.text.load_state_dict(sd["text"])
+        self.heads.load_state_dict(sd["heads"])
         self.vae_opt.load_state_dict(sd["vae_opt"])
+        self.text_opt.load_state_dict(sd["text_opt"])
         self.opt.load_state_dict(sd["opt"])
         self.ema_unet.load_state_dict(sd["ema_unet"])
-        self.ema_text.load_state_dict(sd["ema_text"])
 
 
 def _save_checkpoint(out: Path, state: _State) -> None:
@@ -171,16 +194,46 @@ def _set_scaling_factor(state: _State) -> None:
     state.vae.register_to_config(scaling_factor=float(1.0 / z.std()))
 
 
+def _train_text(state: _State, stop: Callable[[], bool], out: Path) -> bool:
+    cfg, text, heads, tok = state.cfg, state.text, state.heads, state.tokenizer
+    text.train()
+    heads.train()
+    params = [*text.parameters(), *heads.parameters()]
+    with progress_bar() as bar:
+        task = bar.add_task("text encoder", total=cfg.text_steps, completed=state.text_step)
+        while state.text_step < cfg.text_steps:
+            if stop():
+                return False
+            batch = contrastive_batch(cfg.seed, 3, state.text_step, cfg.text_batch_size)
+            for group in state.text_opt.param_groups:
+                group["lr"] = cfg.text_lr * _lr_factor(state.text_step, cfg.text_steps, cfg.warmup_steps)
+            loss, parts = pretraining_loss(text, heads, tok, batch)
+            state.text_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            state.text_opt.step()
+            state.text_step += 1
+            description = f"text encoder: contrastive {parts['clip']:.3f} layout {parts['layout']:.3f}"
+            bar.update(task, advance=1, description=description)
+            if state.text_step % cfg.checkpoint_every == 0 or state.text_step == cfg.text_steps:
+                if state.text_step == cfg.text_steps:
+                    text.eval()
+                    heads.eval()
+                    state.text_eval = hard_negative_accuracy(text, heads, tok, cfg.seed)
+                    atomic.write_json(out / "text_encoder_eval.json", state.text_eval)
+                _save_checkpoint(out, state)
+    return True
+
+
 def _train_unet(state: _State, stop: Callable[[], bool], out: Path) -> bool:
     cfg, unet, text, vae, tok = state.cfg, state.unet, state.text, state.vae, state.tokenizer
     vae.eval().requires_grad_(False)
+    text.eval().requires_grad_(False)
     unet.train()
-    text.train()
     noise_schedule = DDPMScheduler(**NOISE_SCHEDULE)
     alphas = noise_schedule.alphas_cumprod
     snr = alphas / (1 - alphas)
     weights = torch.clamp(snr, max=cfg.min_snr_gamma) / snr
-    params = [*unet.parameters(), *text.parameters()]
     with progress_bar() as bar:
         task = bar.add_task("UNet", total=cfg.unet_steps, completed=state.unet_step)
         while state.unet_step < cfg.unet_steps:
@@ -191,23 +244,23 @@ def _train_unet(state: _State, stop: Callable[[], bool], out: Path) -> bool:
             rng = np.random.default_rng([cfg.seed, 1, step, 1])
             x, captions = scene_batch(cfg.seed, 1, step, cfg.batch_size)
             captions = ["" if rng.random() < cfg.p_uncond else c for c in captions]
+            ids = tok(captions, padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
             with torch.no_grad():
                 latents = vae.encode(x).latent_dist.sample(generator=gen) * vae.config.scaling_factor
-            ids = tok(captions, padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
+                cond = text(ids)[0]
             noise = torch.randn(latents.shape, generator=gen)
             t = torch.randint(0, noise_schedule.config.num_train_timesteps, (len(x),), generator=gen)
             noisy = noise_schedule.add_noise(latents, noise, t)
-            pred = unet(noisy, t, text(ids)[0]).sample
+            pred = unet(noisy, t, cond).sample
             per_sample = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
             loss = (weights[t] * per_sample).mean()
             for group in state.opt.param_groups:
                 group["lr"] = cfg.lr * _lr_factor(step, cfg.unet_steps, cfg.warmup_steps)
             state.opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
             state.opt.step()
             state.ema_unet.step(unet.parameters())
-            state.ema_text.step(text.parameters())
             state.unet_step += 1
             bar.update(task, advance=1, description=f"UNet loss {loss.item():.4f}")
             if state.unet_step % cfg.checkpoint_every == 0 or state.unet_step == cfg.unet_steps:
@@ -218,7 +271,6 @@ def _train_unet(state: _State, stop: Callable[[], bool], out: Path) -> bool:
 def export_pipeline(state: _State, dest: Path) -> Path:
     """Write the EMA weights as a standard diffusers folder (atomically: built beside ``dest``, then renamed)."""
     state.ema_unet.copy_to(state.unet.parameters())
-    state.ema_text.copy_to(state.text.parameters())
     pipe = assemble(state.vae, state.text, state.tokenizer, state.unet)
     tmp = dest.with_name(f".{dest.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -227,7 +279,8 @@ def export_pipeline(state: _State, dest: Path) -> Path:
         "world": "shapes",
         "format": 1,
         "pretrain": dataclasses.asdict(state.cfg),
-        "trained": {"vae_steps": state.vae_step, "unet_steps": state.unet_step},
+        "trained": {"vae_steps": state.vae_step, "text_steps": state.text_step, "unet_steps": state.unet_step},
+        "text_encoder_hard_negative_accuracy": state.text_eval,
     }
     (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
     atomic.replace_dir(tmp, dest)
@@ -239,8 +292,8 @@ def pretrain(
 ) -> Path | None:
     """Train (or resume) into ``out``; return the exported pipeline folder, or None if stopped early.
 
-    ``minutes`` bounds the wall time of this call; ``stop_at`` stops once VAE + UNet steps reach that count. Either
-    way the state is checkpointed and ``resume=True`` continues it to the same weights as an uninterrupted run.
+    ``minutes`` bounds the wall time of this call; ``stop_at`` stops once the steps of all phases reach that count.
+    Either way the state is checkpointed and ``resume=True`` continues it to the same weights as an uninterrupted run.
     """
     out.mkdir(parents=True, exist_ok=True)
     if not resume and (out / CHECKPOINT).exists():
@@ -253,10 +306,10 @@ def pretrain(
     deadline = time.monotonic() + (minutes * 60 if minutes else float("inf"))
 
     def stop() -> bool:
-        steps = state.vae_step + state.unet_step
-        return time.monotonic() > deadline or (stop_at is not None and steps >= stop_at)
+        return time.monotonic() > deadline or (stop_at is not None and state.steps >= stop_at)
 
-    if not _train_vae(state, stop, out) or not _train_unet(state, stop, out):
+    phases = (_train_vae, _train_text, _train_unet)
+    if not all(phase(state, stop, out) for phase in phases):
         _save_checkpoint(out, state)
         return None
     return export_pipeline(state, out / "pipeline")

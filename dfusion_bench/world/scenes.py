@@ -14,7 +14,8 @@ from dfusion_bench.world.render import DOMINANCE, PlacedObject, layout, relation
 
 #: Probabilities that shape the pretraining captions (documented in the README's world section).
 P_TWO_OBJECTS = 0.65
-P_RELATION_CAPTION = 0.5
+P_RELATION_LAYOUT = 0.75
+P_RELATION_CAPTION = 0.75
 P_SAY_COLOR = 0.9
 P_SAY_SIZE = 0.6
 
@@ -41,23 +42,25 @@ def _mention(obj: PlacedObject, rng: np.random.Generator) -> ObjectSpec:
     )
 
 
-def caption(objects: tuple[PlacedObject, ...], rng: np.random.Generator) -> str:
-    """A random true caption of a layout."""
+def caption(objects: tuple[PlacedObject, ...], rng: np.random.Generator) -> tuple[str, tuple[PlacedObject, ...]]:
+    """A random true caption of a layout, and the layout's objects in the order the caption names them."""
     mentions = [_mention(o, rng) for o in objects]
     if len(objects) == 1:
-        return format_prompt(SceneSpec(objects=(mentions[0],)))
+        return format_prompt(SceneSpec(objects=(mentions[0],))), objects
     order = [0, 1] if rng.random() < 0.5 else [1, 0]
     first, second = (objects[i] for i in order)
     relation = None
     if rng.random() < P_RELATION_CAPTION:
         clear = [r for r in RELATIONS if relation_holds(r, (first.cx, first.cy), (second.cx, second.cy), DOMINANCE)]
         relation = clear[0] if clear else None
-    return format_prompt(SceneSpec(objects=tuple(mentions[i] for i in order), relation=relation))
+    text = format_prompt(SceneSpec(objects=tuple(mentions[i] for i in order), relation=relation))
+    return text, (first, second)
 
 
 def training_example(rng: np.random.Generator) -> tuple[tuple[PlacedObject, ...], str]:
-    """One random layout (relation-aware for half of the two-object scenes) and a true caption."""
+    """One random layout (relation-aware for a share of the two-object scenes) and a true caption; the objects come
+    in the order the caption names them."""
     n = 2 if rng.random() < P_TWO_OBJECTS else 1
-    spec = random_spec(rng, n, relation=n == 2 and rng.random() < 0.5)
-    objects = layout(spec, rng)
-    return objects, caption(objects, rng)
+    spec = random_spec(rng, n, relation=n == 2 and rng.random() < P_RELATION_LAYOUT)
+    text, objects = caption(layout(spec, rng), rng)
+    return objects, text
