@@ -106,9 +106,11 @@ def test_dpo_trains_only_pairs_whose_winner_wins(lora_pipe, pairs, fusion: bool)
 
 
 @pytest.mark.parametrize("method", ["dpo", "ddpo", "pg"])
-def test_default_learning_rate_depends_on_the_model(method: str) -> None:
-    """The embedded model's calibrated rate without --model, the literature's with one; an explicit rate wins."""
+def test_default_learning_rate_depends_on_the_model(method: str, world_dir) -> None:
+    """The embedded model's calibrated rate without --model or with a world pipeline, the literature's with another
+    model; an explicit rate wins."""
     assert TrainConfig(method=method).lr == EMBEDDED_LR[method]
+    assert TrainConfig(method=method, model=str(world_dir)).lr == EMBEDDED_LR[method]
     assert TrainConfig(method=method, model="some/sd-folder").lr == LITERATURE_LR[method]
     assert TrainConfig(method=method, optim=OptimSettings(lr=0.5)).lr == 0.5
     assert EMBEDDED_LR[method] != LITERATURE_LR[method]

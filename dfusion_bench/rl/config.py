@@ -23,8 +23,9 @@ METHODS = ("dpo", "ddpo", "pg")
 #: variant; DPOK (Fan et al. 2023) 1e-5 with reward weight 100 — our pg has unit reward weight, so it keeps 3e-4.
 LITERATURE_LR = {"dpo": 3e-5, "ddpo": 3e-4, "pg": 3e-4}
 
-#: Learning rates on the embedded model (the default when no --model is given). The literature's, meant for SD's
-#: 865M-parameter UNet over thousands of updates, barely move this 2.8M-parameter model in a 20-minute run.
+#: Learning rates on the embedded model (the default without --model, or with a shapes-world pipeline). The
+#: literature's, meant for SD's 865M-parameter UNet over thousands of updates, barely move this 2.8M-parameter
+#: model in a 20-minute run.
 #: Calibrated without fusion on the first 8 shapes-objects prompts (scratch runs, 2-6 epochs): dpo 3e-5 no change,
 #: 1e-3 train alignment up, 3e-3 collapse; with fusion ddpo and pg at 1e-2 (the literature's 10x ratio to dpo)
 #: collapsed within 2 epochs, so ddpo and pg use 1e-3. Plain dpo at 1e-3 then collapsed or degraded in 3 of 5
@@ -33,8 +34,11 @@ EMBEDDED_LR = {"dpo": 3e-4, "ddpo": 1e-3, "pg": 1e-3}
 
 
 def default_lr(method: str, model: str | None) -> float:
-    """The learning rate a run uses when none is given: the embedded model's (``model`` None) or the literature's."""
-    return (EMBEDDED_LR if model is None else LITERATURE_LR)[method]
+    """The learning rate a run uses when none is given: the embedded model's (``model`` None or any shapes-world
+    pipeline, such as a fresh ``dfusion world pretrain``) or the literature's."""
+    from dfusion_bench.models import is_world_model
+
+    return (EMBEDDED_LR if model is None or is_world_model(Path(model)) else LITERATURE_LR)[method]
 
 
 @dataclass(frozen=True)
