@@ -64,13 +64,6 @@ def model_digest(folder: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def _model_folder(config: dict[str, Any]) -> Path:
-    from dfusion_bench.models import EMBEDDED_MODEL
-
-    model = config.get("model")
-    return Path(model) if model not in (None, "None") and Path(model).is_dir() else EMBEDDED_MODEL
-
-
 def check_out_dir(out: Path, overwrite: bool) -> Path:
     """Refuse an output folder that is a file, or not empty without ``overwrite``. Call before any work."""
     out = Path(out)
@@ -98,10 +91,9 @@ def staged_dir(out: Path, overwrite: bool) -> Iterator[Path]:
     atomic.replace_dir(stage, out)
 
 
-def write_run_info(out: Path, command: str, config: dict[str, Any], seeds: dict[str, Any]) -> Path:
-    """``run.json``: the resolved configuration, package versions, seeds, the command line, and the model's weights
-    fingerprint (of ``config["model"]`` when it is a folder, else of the shipped embedded pipeline)."""
-    model = _model_folder(config)
+def write_run_info(out: Path, command: str, config: dict[str, Any], seeds: dict[str, Any], model: Path) -> Path:
+    """``run.json``: the resolved configuration, package versions, seeds, the command line, and the fingerprint of
+    the weights of ``model`` (the resolved pipeline folder the run used)."""
     info = {
         "command": command,
         "argv": sys.argv,

@@ -85,6 +85,9 @@ def test_fuse_writes_a_loadable_folder(tmp_path, tiny_dir) -> None:
     assert len(list((out / "images" / "samples").glob("*.png"))) == 8
     run = json.loads((out / "run.json").read_text())
     assert run["config"]["template"] == "paper-t1" and run["seeds"]["seed"] == 0 and "diffusers" in run["versions"]
+    from dfusion_bench.runinfo import model_digest
+
+    assert run["model_digest"] == {"folder": str(tiny_dir.resolve()), "weights": model_digest(tiny_dir)}
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left behind
 
 

@@ -76,7 +76,8 @@ def eval_command(
             "scorers": result.summary,
         }
         atomic.write_json(stage / "summary.json", summary)
-        write_run_info(stage, "eval", {k: v for k, v in summary.items() if k != "scorers"}, {"eval_seeds": "fixed"})
+        config = {k: v for k, v in summary.items() if k != "scorers"}
+        write_run_info(stage, "eval", config, {"eval_seeds": "fixed"}, choice.path)
     for name, s in result.summary.items():
         rate = "" if s["aligned_rate"] is None else f", aligned {s['aligned_rate']:.1%}"
         typer.echo(f"{name}: mean {s['mean_score']:.4f}{rate} over {s['n']} images -> {out}")

@@ -89,7 +89,7 @@ def fuse(
             "device": str(dev),
             "dtype": str(dt),
         }
-        write_run_info(stage, "fuse", config, {"seed": seed, "sample_seeds": seeds})
+        write_run_info(stage, "fuse", config, {"seed": seed, "sample_seeds": seeds}, choice.path)
     typer.echo(
         f"{manifest['n_triples']} triples from {manifest['n_samples']} samples in {out}; "
         f"target beats base {manifest.get('target_beats_base_rate', float('nan')):.0%}, "

@@ -98,7 +98,7 @@ def study(
 
     chosen = [_variant(v.strip()) for v in variants.split(",") if v.strip()]
     suite = load_suite(template)
-    pipe, _ = _world_pipeline(model, "the study needs the exact verifier")
+    pipe, path = _world_pipeline(model, "the study needs the exact verifier")
     with staged_dir(out, overwrite) as stage, progress_bar() as progress:
         tables = run_study(
             pipe, list(suite.train)[:prompts], list(suite.test)[:prompts], chosen, per_prompt, seed, progress=progress
@@ -111,7 +111,7 @@ def study(
         )
         atomic.write_text(stage / "summary.md", report)
         config = {"template": suite.name, "per_prompt": per_prompt, "prompts": prompts, "variants": variants}
-        write_run_info(stage, "world study", config, {"seed": seed})
+        write_run_info(stage, "world study", config, {"seed": seed}, path)
     typer.echo(tables["summary"].to_string(index=False))
     typer.echo(f"written to {out}")
 
@@ -133,12 +133,13 @@ def quality(
     from dfusion_bench.session import ModelChoice
     from dfusion_bench.world.quality import quality_table
 
-    pipe = ModelChoice.check(model).load(torch.device("cpu"), torch.float32)
+    choice = ModelChoice.check(model)
+    pipe = choice.load(torch.device("cpu"), torch.float32)
     with staged_dir(out, overwrite) as stage, progress_bar() as progress:
         table = quality_table(pipe, per_prompt, progress=progress, grids=stage)
         atomic.write_text(stage / "quality.csv", table.to_csv(index=False))
         atomic.write_text(stage / "quality.md", to_markdown(display_numbers(table)))
-        write_run_info(stage, "world quality", {"per_prompt": per_prompt, "model": str(model)}, {})
+        write_run_info(stage, "world quality", {"per_prompt": per_prompt, "model": str(choice.path)}, {}, choice.path)
     typer.echo(table.to_string(index=False))
 
 
@@ -165,6 +166,6 @@ def text_probe(
         atomic.write_text(stage / "distances.csv", distances.to_csv(index=False))
         atomic.write_text(stage / "probe.csv", summary.to_csv(index=False))
         atomic.write_text(stage / "probe.md", to_markdown(display_numbers(summary)))
-        write_run_info(stage, "world text-probe", {"template": suite.name, "model": str(path)}, {})
+        write_run_info(stage, "world text-probe", {"template": suite.name, "model": str(path)}, {}, path)
     typer.echo(summary.to_string(index=False))
     typer.echo(f"written to {out}")

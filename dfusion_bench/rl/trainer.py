@@ -291,7 +291,7 @@ class Trainer:
                 shutil.rmtree(out)  # only the main process, and only once every process has started
             out.mkdir(parents=True, exist_ok=True)
             atomic.write_json(out / "config.json", self.cfg.to_dict())
-            write_run_info(out, "train", self.cfg.to_dict(), {"seed": self.cfg.seed})
+            write_run_info(out, "train", self.cfg.to_dict(), {"seed": self.cfg.seed}, self.choice.path)
         self.dist.barrier()
         with progress_bar(disable=not self.dist.is_main) as progress:
             if start == 1 and not resume:
