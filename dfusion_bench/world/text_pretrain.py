@@ -95,7 +95,7 @@ class ContrastiveBatch:
 def contrastive_batch(seed: int, phase: int, step: int, n: int) -> ContrastiveBatch:
     """Scenes, true captions, hard negatives and layouts; a pure function of its arguments."""
     rng = np.random.default_rng([seed, phase, step])
-    images, captions, negatives, kinds, offsets = [], [], [], [], []
+    images, captions, negatives, kinds, offsets, two = [], [], [], [], [], []
     for _ in range(n):
         objects, text = training_example(rng)
         image = draw(objects).image
@@ -105,11 +105,12 @@ def contrastive_batch(seed: int, phase: int, step: int, n: int) -> ContrastiveBa
         captions.append(text)
         negatives.append(negative)
         kinds.append(name)
+        two.append(len(objects) == 2)  # a caption names every object of its layout
         first, second = objects[0], objects[-1]
         offsets.append(((first.cx - second.cx) / OFFSET_UNIT, (first.cy - second.cy) / OFFSET_UNIT))
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
-    two = torch.tensor([len(parse(c).objects) == 2 for c in captions])
-    return ContrastiveBatch(x * 2.0 - 1.0, captions, negatives, kinds, torch.tensor(offsets, dtype=torch.float32), two)
+    offsets_t = torch.tensor(offsets, dtype=torch.float32)
+    return ContrastiveBatch(x * 2.0 - 1.0, captions, negatives, kinds, offsets_t, torch.tensor(two))
 
 
 def pooled_text(text: CLIPTextModel, tok: CLIPTokenizer, captions: list[str]) -> torch.Tensor:
