@@ -6,9 +6,10 @@ Two forms, one code path:
   ``DFUSION_CLIP_CHECKPOINT`` (a local open_clip ViT-H-14 checkpoint) select SD + CLIPScore on ``paper-t1``;
 - **embedded** (anywhere, CI included): the shipped shapes model + the exact verifier on ``shapes-objects``.
 
-Steps: ``fuse`` on the train split, then a few DPO epochs with and without fusion. It fails (exit 1) if the train
-split's mean score does not rise in either DPO run, or if fusion's target-beats-base rate falls under the stored
-baseline (:data:`BASELINE_FILE`, one entry per form; measured values and the margin are documented there).
+Steps: ``fuse`` on the train split, then a few DPO epochs with and without fusion. It fails (exit 1) if a run the
+form's baseline names under ``must_rise`` does not raise its train-split mean score, if a run ends below its stored
+``min_train_final``, or if fusion's target-beats-base rate falls under ``min_target_beats_base``
+(:data:`BASELINE_FILE`, one entry per form; the measured values and margins are documented there).
 """
 
 from __future__ import annotations
@@ -45,8 +46,11 @@ FORMS = {
         "train": ["--lr", "1e-3", *_grid_options("--inner-epochs", "--train-batch-size", "--timestep-fraction")],
     },
 }
-#: Sized so that DPO's train-split score rises in both runs on the embedded model (measured; see BASELINE_FILE).
-PROTOCOL = {"prompts": 8, "samples_per_prompt": 8, "epochs": 2, "eval_samples_per_prompt": 8, "seed": 0}
+#: ``fuse_samples_per_prompt``: fuse draws 16 samples per prompt so that the target-beats-base rate rests on ~20
+#: triples (at 8, the shipped model leaves 9 triples: its samples are mostly aligned, so few are poor enough to be
+#: bases). DPO trains on 8 per prompt. Measured values: see BASELINE_FILE.
+PROTOCOL = {"prompts": 8, "samples_per_prompt": 8, "fuse_samples_per_prompt": 16, "epochs": 2,
+            "eval_samples_per_prompt": 8, "seed": 0}  # fmt: skip
 
 
 def _form() -> tuple[str, str | None, str | None]:
@@ -72,6 +76,22 @@ def _train_rise(run: Path) -> tuple[float, float]:
     return train[0]["mean_score"], train[-1]["mean_score"]
 
 
+def failures(result: dict, baseline: dict) -> list[str]:
+    """What the baseline's criteria say about a result: runs that had to rise and did not, runs that ended under
+    their floor, a target-beats-base rate under its floor. Empty when the check passes."""
+    found = []
+    for name in baseline["must_rise"]:
+        if not result[name]["rose"]:
+            found.append(f"{name}: train-split score did not rise ({result[name]})")
+    for name, floor in baseline.get("min_train_final", {}).items():
+        if result[name]["train_score_final"] < floor:
+            found.append(f"{name}: final train-split score {result[name]['train_score_final']:.4f} < {floor}")
+    rate = result["target_beats_base"]
+    if rate is None or rate < baseline["min_target_beats_base"]:
+        found.append(f"target-beats-base {rate} < baseline {baseline['min_target_beats_base']}")
+    return found
+
+
 def run_regression(out: Path, device: str | None = None) -> dict:
     form, model, clip = _form()
     if form == "embedded" and device in (None, "cpu"):
@@ -81,19 +101,21 @@ def run_regression(out: Path, device: str | None = None) -> dict:
         torch.set_num_threads(1)
     settings, p = FORMS[form], PROTOCOL
     common = ["--template", settings["template"], "--scorer", settings["scorer"], "--prompts", str(p["prompts"]),
-              "--samples-per-prompt", str(p["samples_per_prompt"]), "--seed", str(p["seed"])]  # fmt: skip
+              "--seed", str(p["seed"])]  # fmt: skip
     if model:
         common += ["--model", model, "--clip-checkpoint", clip]
     if device:
         common += ["--device", device]
     common += settings["fusion"]
-    _cli(["fuse", "--split", "train", "--out", str(out / "fuse"), "--overwrite", *common])
+    fuse_n = ["--samples-per-prompt", str(p["fuse_samples_per_prompt"])]
+    _cli(["fuse", "--split", "train", "--out", str(out / "fuse"), "--overwrite", *fuse_n, *common])
     manifest = json.loads((out / "fuse" / "manifest.json").read_text())
     result: dict = {"form": form, "protocol": p, "target_beats_base": manifest.get("target_beats_base_rate")}
     for fusion in (True, False):
         run = out / f"dpo-{'fusion' if fusion else 'plain'}"
         flag = "--fusion" if fusion else "--no-fusion"
         train = ["train", "--method", "dpo", flag, "--out", str(run), "--overwrite", "--epochs", str(p["epochs"]),
+                 "--samples-per-prompt", str(p["samples_per_prompt"]),
                  "--eval-samples-per-prompt", str(p["eval_samples_per_prompt"]),
                  "--eval-every", str(p["epochs"]), *common]  # fmt: skip
         train += settings["train"]
@@ -102,15 +124,7 @@ def run_regression(out: Path, device: str | None = None) -> dict:
         result[run.name] = {"train_score_epoch0": before, "train_score_final": after, "rose": after > before}
     baseline = json.loads(BASELINE_FILE.read_text())[form]
     result["baseline"] = baseline
-    failures = []
-    for name in ("dpo-fusion", "dpo-plain"):
-        if not result[name]["rose"]:
-            failures.append(f"{name}: train-split score did not rise ({result[name]})")
-    if result["target_beats_base"] is None or result["target_beats_base"] < baseline["min_target_beats_base"]:
-        failures.append(
-            f"target-beats-base {result['target_beats_base']} < baseline {baseline['min_target_beats_base']}"
-        )
-    result["failures"] = failures
+    result["failures"] = failures(result, baseline)
     atomic.write_json(out / "regression.json", result)
     return result
 

@@ -76,3 +76,25 @@ def test_text_probe_command_writes_its_tables(tmp_path, world_dir) -> None:
     assert summary.edit.iloc[0] == "relation: opposite" and summary.n_prompts.iloc[0] == 80
     assert len(pd.read_csv(out / "distances.csv")) == summary.n_prompts.sum()
     assert {"probe.md", "run.json"} <= {p.name for p in out.iterdir()}
+
+
+def test_quality_per_prompt_rows_average_each_prompts_samples() -> None:
+    import torch
+
+    from dfusion_bench.evaluation import EvalResult
+    from dfusion_bench.world.quality import per_prompt_table
+
+    table = pd.DataFrame(
+        {
+            "prompt_index": [1, 1, 0, 0, 0],
+            "prompt": ["b", "b", "a", "a", "a"],
+            "score": [1.0, 0.5, 0.0, 1.0, 0.5],
+            "aligned": [True, False, False, True, False],
+        }
+    )
+    rows = per_prompt_table(EvalResult(table, {}, torch.zeros(5, 3, 2, 2), 2), "shapes-objects", "train")
+    assert rows["prompt"].tolist() == ["a", "b"]
+    assert rows["n_images"].tolist() == [3, 2]
+    assert rows["mean_score"].tolist() == pytest.approx([0.5, 0.75])
+    assert rows["aligned_rate"].tolist() == pytest.approx([1 / 3, 0.5])
+    assert set(rows["split"]) == {"train"} and set(rows["prompts"]) == {"shapes-objects"}

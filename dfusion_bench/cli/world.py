@@ -118,7 +118,7 @@ def study(
 
 @app.command()
 def quality(
-    out: Path = typer.Option(..., help="Output folder: quality.csv and quality.md."),
+    out: Path = typer.Option(..., help="Output folder: quality.csv, quality.md and per_prompt.csv."),
     per_prompt: int = typer.Option(8, help="Fixed-seed samples per prompt."),
     model: Path = typer.Option(None, help="A world pipeline folder (default: the shipped one)."),
     overwrite: bool = typer.Option(False, help="Replace a non-empty --out."),
@@ -136,8 +136,9 @@ def quality(
     choice = ModelChoice.check(model)
     pipe = choice.load(torch.device("cpu"), torch.float32)
     with staged_dir(out, overwrite) as stage, progress_bar() as progress:
-        table = quality_table(pipe, per_prompt, progress=progress, grids=stage)
+        table, prompts = quality_table(pipe, per_prompt, progress=progress, grids=stage)
         atomic.write_text(stage / "quality.csv", table.to_csv(index=False))
+        atomic.write_text(stage / "per_prompt.csv", prompts.to_csv(index=False))
         atomic.write_text(stage / "quality.md", to_markdown(display_numbers(table)))
         write_run_info(stage, "world quality", {"per_prompt": per_prompt, "model": str(choice.path)}, {}, choice.path)
     typer.echo(table.to_string(index=False))

@@ -1,7 +1,8 @@
 """How well the embedded model follows prompts, by the exact verifier: the README's table of the shipped model.
 
 Rows: single-object prompts (every color × shape), and each shapes suite's train and test split. For the spatial
-suite, also how often the relation holds where both objects are present, next to the 25% of chance.
+suite, also how often the relation holds where both objects are present, next to the 25% of chance. A second table
+has one row per prompt, so that one can see which prompts leave a training run room to improve.
 """
 
 from __future__ import annotations
@@ -38,6 +39,15 @@ def relation_given_both(result: EvalResult) -> tuple[float, int]:
     return (float(np.mean([f["relation"] for f in both])) if both else float("nan")), len(both)
 
 
+def per_prompt_table(result: EvalResult, name: str, split: str) -> pd.DataFrame:
+    """One row per prompt of an evaluation: its index in the split, text, images, aligned rate and mean score."""
+    table = result.table.groupby(["prompt_index", "prompt"], sort=True)
+    out = table.agg(n_images=("score", "size"), aligned_rate=("aligned", "mean"), mean_score=("score", "mean"))
+    return out.reset_index().assign(prompts=name, split=split)[
+        ["prompts", "split", "prompt_index", "prompt", "n_images", "aligned_rate", "mean_score"]
+    ]
+
+
 def quality_table(
     pipe: StableDiffusionPipeline,
     per_prompt: int = 8,
@@ -45,8 +55,9 @@ def quality_table(
     progress: Progress | None = None,
     batch_size: int = 32,
     grids: Path | None = None,
-) -> pd.DataFrame:
-    """One row per prompt set: aligned rate, mean verifier score, and (spatial) relation-given-both rate.
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One row per prompt set: aligned rate, mean verifier score, and (spatial) relation-given-both rate; and one
+    row per prompt (:func:`per_prompt_table`).
 
     With ``grids``, also writes ``grid_<set>_<split>.png`` there: the first 8 prompts, one row each."""
     verifier = get_scorer("verifier")
@@ -54,7 +65,7 @@ def quality_table(
     for name in SUITES:
         suite = load_suite(name)
         sets += [(name, "train", list(suite.train)), (name, "test", list(suite.test))]
-    rows = []
+    rows, prompts = [], []
     for name, split, entries in sets:
         result = evaluate(
             pipe, [verifier], entries, per_prompt, sampler, batch_size, progress=progress, label=f"{name} {split}"
@@ -72,4 +83,5 @@ def quality_table(
         if name == "shapes-spatial":
             row["relation_given_both"], row["n_both"] = relation_given_both(result)
         rows.append(row)
-    return pd.DataFrame(rows)
+        prompts.append(per_prompt_table(result, name, split))
+    return pd.DataFrame(rows), pd.concat(prompts, ignore_index=True)
