@@ -51,12 +51,17 @@ def is_complete(run: Path, epochs: int) -> bool:
 
 
 def is_exported(dest: Path, epochs: int) -> bool:
-    """Whether ``dest`` holds an exported run (:func:`export_run`) that reached ``epochs``: such a cell is done even
-    where its run folder (with the checkpoints) is gone, e.g. in a fresh clone that holds the committed results."""
-    metrics = dest / "metrics.jsonl"
+    """Whether ``dest`` holds an exported run (:func:`export_run`) of the current :data:`GRID_CONFIG` that reached
+    ``epochs``: such a cell is done even where its run folder (with the checkpoints) is gone, e.g. in a fresh clone
+    that holds the committed results. A run exported under another prompt or sample count is not."""
     if not all((dest / name).is_file() for name in EXPORTED_FILES):
         return False
-    return any(json.loads(line).get("epoch") == epochs for line in metrics.read_text().splitlines() if line.strip())
+    config = json.loads((dest / "config.json").read_text())
+    for key in ("prompts", "samples_per_prompt"):
+        if str(config.get(key)) != GRID_CONFIG[GRID_CONFIG.index("--" + key.replace("_", "-")) + 1]:
+            return False
+    rows = (dest / "metrics.jsonl").read_text().splitlines()
+    return any(json.loads(line).get("epoch") == epochs for line in rows if line.strip())
 
 
 def command(run: Path, method: str, fusion: bool, suite: str, seed: int, extra: list[str]) -> list[str]:

@@ -33,7 +33,7 @@ def test_export_keeps_logs_and_first_and_last_eval_only(tmp_path: Path) -> None:
     assert sorted(p.name for p in dest.parent.iterdir()) == ["run"]
 
 
-def test_an_exported_run_counts_as_done_only_at_its_final_epoch(tmp_path: Path) -> None:
+def test_an_exported_run_counts_as_done_only_at_its_final_epoch_and_budget(tmp_path: Path) -> None:
     import json
 
     from dfusion_bench.grid import is_exported
@@ -43,9 +43,13 @@ def test_an_exported_run_counts_as_done_only_at_its_final_epoch(tmp_path: Path) 
     for name in EXPORTED_FILES:
         (dest / name).parent.mkdir(parents=True, exist_ok=True)
         (dest / name).write_text("{}\n")
+    (dest / "config.json").write_text(json.dumps({"prompts": 8, "samples_per_prompt": 8}))
     rows = [{"epoch": e, "split": s} for e in (0, 4) for s in ("train", "test")]
     (dest / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert not is_exported(dest, 8)
     assert is_exported(dest, 4)
+    (dest / "config.json").write_text(json.dumps({"prompts": 4, "samples_per_prompt": 16}))  # the first model's grid
+    assert not is_exported(dest, 4)
+    (dest / "config.json").write_text(json.dumps({"prompts": 8, "samples_per_prompt": 8}))
     (dest / "run.json").unlink()
     assert not is_exported(dest, 4)
