@@ -120,7 +120,11 @@ def test_fusion_touches_only_configured_layers_and_steps(tiny_pipe, samples) -> 
     assert {(s, n) for s, n in result.events} == {(s, n) for s in range(3, 6) for n in layers}
     assert len(result.events) == 3 * len(layers)  # one call per fused layer and step (one batch of targets)
     assert torch.equal(samples.latents, before)  # references and bases are never modified
-    assert torch.equal(result.targets.latents[:, :4], samples.latents[[2, 3], :4])  # unfused steps: the base's
+    # unfused steps are the base's, within float tolerance: the bases come from a batch of 4, the targets run as a
+    # batch of 2, and CPU kernels need not reduce in the same order for both sizes (bit-equal on some CPUs, not all)
+    bases = samples.latents[[2, 3]]
+    scale = bases.abs().amax(dim=(2, 3, 4), keepdim=True).clamp(min=1.0)
+    assert ((result.targets.latents[:, :4] - bases[:, :4]).abs() / scale[:, :4]).max() < 1e-5
     assert not torch.allclose(result.targets.latents[:, -1], samples.latents[[2, 3], -1])  # fusion did something
 
 

@@ -293,7 +293,9 @@ def test_two_processes_keep_lora_identical_and_match_one_process(tmp_path, tiny_
     start = load_file(str(tmp_path / "one/checkpoints/epoch-0000/lora.safetensors"))
     moved = max((b[k] - start[k]).abs().max().item() for k in b)
     assert moved > 1e-4  # the update did something
-    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-3 * moved
+    # two processes average gradients in another order than one process: equal up to float error (measured 1.1e-3
+    # of the update on an AVX-512 CPU), far below the ~1/8 of the update that dropping one of the 8 pairs would change
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-2 * moved
 
 
 def test_model_digest_changes_with_any_weight(tmp_path, tiny_dir) -> None:
