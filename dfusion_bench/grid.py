@@ -41,6 +41,11 @@ GRID_CONFIG = [
 ]  # fmt: skip
 
 
+def grid_value(option: str) -> str:
+    """The value :data:`GRID_CONFIG` gives ``option`` (e.g. ``"--epochs"``)."""
+    return GRID_CONFIG[GRID_CONFIG.index(option) + 1]
+
+
 def run_dir(root: Path, method: str, fusion: bool, suite: str, seed: int) -> Path:
     return root / f"{method}-{'fusion' if fusion else 'plain'}-{suite}-s{seed}"
 
@@ -58,7 +63,7 @@ def is_exported(dest: Path, epochs: int) -> bool:
         return False
     config = json.loads((dest / "config.json").read_text())
     for key in ("prompts", "samples_per_prompt"):
-        if str(config.get(key)) != GRID_CONFIG[GRID_CONFIG.index("--" + key.replace("_", "-")) + 1]:
+        if str(config.get(key)) != grid_value("--" + key.replace("_", "-")):
             return False
     rows = (dest / "metrics.jsonl").read_text().splitlines()
     return any(json.loads(line).get("epoch") == epochs for line in rows if line.strip())
@@ -111,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more `dfusion train` options")
     args = parser.parse_args(argv)
     console = Console()
-    epochs = int(GRID_CONFIG[GRID_CONFIG.index("--epochs") + 1])
+    epochs = int(grid_value("--epochs"))
     cells = [(m, f, s, seed) for seed in args.seeds for s in args.suites for m in args.methods for f in (False, True)]
 
     def done(cell: tuple) -> bool:
@@ -122,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"{len(cells)} runs, {len(cells) - len(todo)} complete, {len(todo)} to do, {args.jobs} at a time")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     running: list[tuple[subprocess.Popen, Path, float]] = []
-    failed = []
+    failed, exported = [], set()
     args.out.mkdir(parents=True, exist_ok=True)
     while todo or running:
         while todo and len(running) < args.jobs:
@@ -143,13 +148,15 @@ def main(argv: list[str] | None = None) -> int:
                     failed.append(run.name)
                 elif args.export is not None and is_complete(run, epochs):
                     export_run(run, args.export / run.name)  # now, so that a stopped grid keeps what it finished
+                    exported.add(run.name)
     from dfusion_bench.report import build_report
 
     sources = [args.out]
     if args.export is not None:
         finished = [run for run in (run_dir(args.out, *c) for c in cells) if is_complete(run, epochs)]
         for run in finished:
-            export_run(run, args.export / run.name)
+            if run.name not in exported:  # finished in an earlier invocation
+                export_run(run, args.export / run.name)
         console.print(f"exported {len(finished)} runs to {args.export}")
         sources = [args.export]
     index = build_report([*sources, *args.also], args.report)

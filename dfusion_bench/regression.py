@@ -20,18 +20,14 @@ import os
 from pathlib import Path
 
 from dfusion_bench import atomic
-from dfusion_bench.grid import GRID_CONFIG
+from dfusion_bench.grid import grid_value
 
 BASELINE_FILE = Path(__file__).parent / "regression_baseline.json"
 
 
 def _grid_options(*names: str) -> list[str]:
     """These options, with their values, as the grid's per-run configuration sets them."""
-    out: list[str] = []
-    for name in names:
-        at = GRID_CONFIG.index(name)
-        out += GRID_CONFIG[at : at + 2]
-    return out
+    return [item for name in names for item in (name, grid_value(name))]
 
 
 FORMS = {
