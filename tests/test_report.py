@@ -21,6 +21,7 @@ from dfusion_bench.errors import UserError
 from dfusion_bench.report import build_report, load_report_tables, stats
 from dfusion_bench.report import curves as curves_mod
 from dfusion_bench.report.collect import ReportWarning, collect
+from dfusion_bench.report.rise import rise_table
 from dfusion_bench.report.table_io import to_latex, to_markdown
 from dfusion_bench.report.tables import final_table, gain_table
 
@@ -117,6 +118,36 @@ def test_fusion_gain_without_a_shared_seed_is_untested(tmp_path: Path) -> None:
     assert row["gain"] == pytest.approx(0.1, abs=1e-9)
 
 
+def test_rise_over_base_is_seed_paired_t_test(tables: dict[str, pd.DataFrame]) -> None:
+    row = _row(tables["rise"], template=fx.TEMPLATE, split="test", model="dpo + D-Fusion", metric="mean_score")
+    # rises 0.70 - 0.40 = 0.30 and 0.80 - 0.44 = 0.36: mean 0.33, sem 0.03, t = 11 on 1 d.o.f. (Cauchy)
+    assert (row["base"], row["final"], row["rise"]) == pytest.approx((0.42, 0.75, 0.33), abs=1e-9)
+    assert row["p_value"] == pytest.approx(1 - 2 * math.atan(11) / math.pi, rel=1e-6)
+    assert row["rise_ci95"] == pytest.approx(T_975_DF1 * 0.03, abs=1e-9)
+    assert (row["test"], row["unit"], row["n"], row["seeds"]) == (stats.SEED_TEST, "seeds", 2, "0,1")
+
+
+def test_rise_over_base_with_one_seed_is_wilcoxon_over_prompts(tables: dict[str, pd.DataFrame]) -> None:
+    row = _row(tables["rise"], template=fx.SINGLE_TEMPLATE, split="train", model="pg", metric="mean_score")
+    rises = [f - b for f, b in zip(fx.SINGLE_WITHOUT, fx.SINGLE_BASE, strict=True)]
+    assert row["rise"] == pytest.approx(sum(rises) / len(rises), abs=1e-9)
+    assert row["p_value"] == pytest.approx(2 / 2**6)  # six prompts, every rise positive
+    assert (row["test"], row["unit"], row["n"]) == (stats.PROMPT_TEST, "prompts", 6)
+
+
+def test_overview_pivots_the_final_table(tables: dict[str, pd.DataFrame]) -> None:
+    overview = tables["overview"]
+    models = ["base (epoch 0)", "dpo", "dpo + D-Fusion", "ddpo", "ddpo + D-Fusion"]
+    row = _row(overview, template=fx.TEMPLATE, split="test")
+    assert [c for c in overview.columns if c in models or c in ("pg", "pg + D-Fusion")][:5] == models
+    final = tables["final"]
+    for model in models:
+        expected = _row(final, template=fx.TEMPLATE, split="test", model=model)
+        assert row[model] == pytest.approx(expected["mean_score"], abs=1e-12)
+        assert row[f"{model} aligned"] == pytest.approx(expected["aligned_rate"], abs=1e-12)
+    assert pd.isna(row["pg"])  # pg ran on the other template only
+
+
 # ---- files ---------------------------------------------------------------------------------------------------------
 
 
@@ -201,7 +232,9 @@ def test_load_report_tables_round_trips(built: dict[str, Path], tables: dict[str
     runs = collect([built["runs"]]).runs
     pd.testing.assert_frame_equal(tables["final"], final_table(runs))
     pd.testing.assert_frame_equal(tables["fusion_gain"], gain_table(runs))
-    assert set(tables) == {"final", "fusion_gain", "training", "runs", "evals", "fuse", "curves"}
+    pd.testing.assert_frame_equal(tables["rise"], rise_table(runs))
+    expected = {"final", "overview", "rise", "fusion_gain", "training", "runs", "evals", "fuse", "curves"}
+    assert set(tables) == expected
     csv = pd.read_csv(built["out"] / "tables" / "fusion_gain.csv")
     assert csv["p_value"].tolist() == pytest.approx(tables["fusion_gain"]["p_value"].tolist(), nan_ok=True)
 

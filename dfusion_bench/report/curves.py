@@ -22,8 +22,7 @@ from matplotlib.ticker import MaxNLocator
 from dfusion_bench import atomic
 from dfusion_bench.report import stats
 from dfusion_bench.report.collect import Run
-from dfusion_bench.report.frames import metrics_frame
-from dfusion_bench.report.tables import METRIC_NAMES, METRICS
+from dfusion_bench.report.frames import METRIC_NAMES, METRICS, metrics_frame
 
 CURVES_DIR = "curves"
 X_AXES = {"epoch": "epoch", "samples_seen": "samples seen"}

@@ -9,6 +9,8 @@ import pandas as pd
 from dfusion_bench.report.collect import SPLITS, Run, read_samples_csv
 
 RUN_KEYS = ["template", "scorer", "method", "fusion", "label", "seed"]
+METRICS = ("mean_score", "aligned_rate")
+METRIC_NAMES = {"mean_score": "mean score", "aligned_rate": "aligned rate"}
 
 
 def metrics_frame(runs: Sequence[Run]) -> pd.DataFrame:

@@ -14,8 +14,8 @@ from urllib.parse import quote
 import pandas as pd
 
 from dfusion_bench.report.curves import CurveFile
+from dfusion_bench.report.frames import METRIC_NAMES
 from dfusion_bench.report.table_io import TABLES_DIR, Table
-from dfusion_bench.report.tables import METRIC_NAMES
 
 HIDDEN_TABLES = ("curves",)  # too long to show; linked instead
 

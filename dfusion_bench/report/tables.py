@@ -4,6 +4,9 @@ Tables:
 
 * ``final``        final alignment (last evaluated epoch of each run): mean and 95% t-interval over seeds, per
                    template x scorer x split x method x fusion, with the base model (epoch 0) as the first row;
+* ``overview``     the final table pivoted: one row per template x scorer x split, one column per configuration
+                   (base first, then each method without and with D-Fusion), the paper's table layout;
+* ``rise``         (final) - (base model) per configuration and metric, with a paired test (:mod:`.rise`);
 * ``fusion_gain``  (with D-Fusion) - (without) per template x scorer x split x method x metric, with a paired test;
 * ``runs``         one row per run folder read;
 * ``training``     per configuration: mean over seeds of the training log (loss, target-beats-base, seconds/epoch);
@@ -23,11 +26,11 @@ import pandas as pd
 from dfusion_bench.report import stats
 from dfusion_bench.report.bookkeeping import evals_table, fuse_table, training_table
 from dfusion_bench.report.collect import Evaluation, Fuse, Run, method_label, warn
-from dfusion_bench.report.frames import metrics_frame, prompt_means, runs_frame
+from dfusion_bench.report.frames import METRIC_NAMES, METRICS, metrics_frame, prompt_means, runs_frame
+from dfusion_bench.report.rise import display_rise, rise_table
 from dfusion_bench.report.table_io import Table, display_numbers, fmt, fmt_ci, fmt_p
+from dfusion_bench.rl.config import METHODS
 
-METRICS = ("mean_score", "aligned_rate")
-METRIC_NAMES = {"mean_score": "mean score", "aligned_rate": "aligned rate"}
 BASE_LABEL = "base (epoch 0)"
 
 
@@ -129,6 +132,41 @@ _FINAL_COLUMNS = [
     "seeds",
     *[f"{m}{suffix}" for m in METRICS for suffix in ("", "_ci95", "_n")],
 ]
+
+
+# ---- overview: the final table pivoted -------------------------------------------------------------------------------
+
+
+def _column_order(frame: pd.DataFrame) -> list[str]:
+    """Base first, then each method (in METHODS order, unknown ones after) without and with D-Fusion."""
+    rank = {m: i for i, m in enumerate(METHODS)}
+    models = frame[["model", "method", "fusion"]].drop_duplicates("model")
+    key = models.apply(
+        lambda r: (r["method"] != "base", rank.get(r["method"], len(rank)), r["method"], bool(r["fusion"] is True)),
+        axis=1,
+    )
+    return list(models.assign(_key=key).sort_values("_key", kind="stable")["model"])
+
+
+def overview_table(final: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(numbers, display) of the final table pivoted to one row per template x scorer x split: the numbers hold
+    each configuration's mean score (column ``<model>``) and aligned rate (``<model> aligned``); the display shows
+    ``score (aligned %)`` per configuration."""
+    if final.empty:
+        return final, final
+    keys = ["template", "scorer", "split"]
+    order = _column_order(final)
+    score = final.pivot(index=keys, columns="model", values="mean_score")[order]
+    aligned = final.pivot(index=keys, columns="model", values="aligned_rate")[order]
+    numbers = pd.concat([score, aligned.add_suffix(" aligned")], axis=1).reset_index()
+    display = score.copy().astype(object)
+    for model in order:
+        display[model] = [
+            fmt(s) + (f" ({a:.0%})" if pd.notna(a) else "") if pd.notna(s) else "–"
+            for s, a in zip(score[model], aligned[model], strict=True)
+        ]
+    display = display.reset_index().rename(columns={"template": "Template", "scorer": "Scorer", "split": "Split"})
+    return numbers, display
 
 
 # ---- fusion gain ---------------------------------------------------------------------------------------------------
@@ -300,6 +338,24 @@ def build_tables(
             f"'{BASE_LABEL}' is the model before any update.",
             final,
             display_final(final),
+        )
+        overview, overview_display = overview_table(final)
+        add(
+            "overview",
+            "Overview",
+            "The final table at a glance: mean score (fully aligned rate) at each configuration's last evaluated "
+            "epoch, mean over seeds.",
+            overview,
+            overview_display,
+        )
+        rise = rise_table(runs)
+        add(
+            "rise",
+            "Rise over the base model",
+            "(last evaluated epoch) − (epoch 0), same runs; p from the named two-sided paired test. With one seed the "
+            "pairs are that run's prompts, which tests that run, not the method.",
+            rise,
+            display_rise(rise),
         )
         gain = gain_table(runs)
         add(

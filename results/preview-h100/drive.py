@@ -1,5 +1,12 @@
-"""Device preview: the grid's 18 cells (seed 0) on the candidate model, stopped at a deadline; partial metrics to $OUT."""
-import json, os, subprocess, sys, time
+"""Device preview: the grid's 18 cells (seed 0) on the candidate model, stopped at a deadline.
+
+Partial metrics go to $OUT."""
+
+import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from dfusion_bench.grid import METHODS, SUITES, command, run_dir
@@ -44,7 +51,11 @@ def collect(final=False):
     tmp.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     tmp.replace(out / "rows.jsonl")
     (out / "logs.txt").write_text("\n".join(logs))
-    print(f"t={time.time()-start:.0f}s collected {len(rows)} rows; running {sum(p.poll() is None for p,_,_ in procs)}", flush=True)
+    print(
+        f"t={time.time() - start:.0f}s collected {len(rows)} rows; "
+        f"running {sum(p.poll() is None for p, _, _ in procs)}",
+        flush=True,
+    )
 
 
 while time.time() - start < limit and any(p.poll() is None for p, _, _ in procs):

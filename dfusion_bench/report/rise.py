@@ -1,0 +1,129 @@
+"""Did training raise alignment? Each configuration's final score against its own base model, with a paired test.
+
+A run's base is its epoch-0 evaluation: the same model and evaluation seeds as every other run of that seed, before
+any update. The rise is (last evaluated epoch) - (epoch 0), per template x scorer x split x method x fusion:
+
+* with two or more seeds, the pairs are the seeds (paired t-test of final against base);
+* with one seed, the pairs are that run's prompts, matched by ``prompt_index`` (Wilcoxon signed-rank over the
+  per-prompt means at epoch 0 and at the last epoch), which tests that one run, not the method across seeds.
+
+The table says which test it used and on how many pairs, as the fusion-gain table does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+
+from dfusion_bench.report import stats
+from dfusion_bench.report.collect import Run, method_label, warn
+from dfusion_bench.report.frames import METRIC_NAMES, METRICS, prompt_means
+from dfusion_bench.report.table_io import fmt, fmt_ci, fmt_p
+
+RISE_COLUMNS = [
+    "template",
+    "scorer",
+    "split",
+    "model",
+    "method",
+    "fusion",
+    "metric",
+    "base",
+    "final",
+    "rise",
+    "rise_ci95",
+    "test",
+    "unit",
+    "n",
+    "seeds",
+    "p_value",
+]
+
+
+def _endpoints(run: Run, split: str, metric: str) -> tuple[float, float] | None:
+    """(epoch 0, last epoch) of ``metric`` on ``split``; None when either is missing."""
+    rows = run.metrics[run.metrics["split"] == split]
+    if metric not in rows or rows.empty:
+        return None
+    first = rows[rows["epoch"] == 0][metric]
+    last = rows[rows["epoch"] == rows["epoch"].max()][metric]
+    if first.empty or last.empty or rows["epoch"].max() == 0:
+        return None
+    return float(first.iloc[-1]), float(last.iloc[-1])
+
+
+def prompt_rise_test(run: Run, split: str, metric: str) -> stats.PairedTest:
+    """Wilcoxon over prompts of one run's last epoch against its epoch 0 (untested when a CSV is missing)."""
+    last = run.last_epoch(split)
+    frames = [prompt_means(run, epoch, split) for epoch in (last, 0)] if last else [None]
+    if any(frame is None or metric not in frame for frame in frames):
+        warn(f"{run.path}: no per-prompt {split} scores at epoch 0 and its last epoch; single-seed rise untested")
+        return stats.PairedTest(float("nan"), float("nan"), float("nan"), stats.NO_TEST, 0)
+    joined = pd.concat([f[metric] for f in frames], axis=1, keys=["final", "base"], join="inner").dropna()
+    return stats.wilcoxon(joined["final"].to_numpy(float), joined["base"].to_numpy(float))
+
+
+def rise_table(runs: Sequence[Run]) -> pd.DataFrame:
+    """(last evaluated epoch) - (epoch 0) per template x scorer x split x method x fusion x metric, tested."""
+    rows: list[dict[str, object]] = []
+    groups: dict[tuple[str, str, str, bool], dict[int, Run]] = {}
+    for run in runs:
+        groups.setdefault((run.template, run.scorer, run.method, run.fusion), {})[run.seed] = run
+    for (template, scorer, method, fusion), by_seed in sorted(groups.items()):
+        for split in ("train", "test"):
+            for metric in METRICS:
+                points = {seed: _endpoints(run, split, metric) for seed, run in by_seed.items()}
+                seeds = sorted(seed for seed, point in points.items() if point is not None)
+                if not seeds:
+                    continue
+                base = [points[s][0] for s in seeds]  # type: ignore[index]
+                final = [points[s][1] for s in seeds]  # type: ignore[index]
+                if len(seeds) >= 2:
+                    test, unit = stats.paired_t(final, base), "seeds"
+                else:
+                    test = prompt_rise_test(by_seed[seeds[0]], split, metric)
+                    unit = "prompts" if test.n else "seeds"
+                mean_base, mean_final = sum(base) / len(base), sum(final) / len(final)
+                rows.append(
+                    {
+                        "template": template,
+                        "scorer": scorer,
+                        "split": split,
+                        "model": method_label(method, fusion),
+                        "method": method,
+                        "fusion": bool(fusion),
+                        "metric": metric,
+                        "base": mean_base,
+                        "final": mean_final,
+                        "rise": mean_final - mean_base,
+                        "rise_ci95": test.half_width,
+                        "test": test.test,
+                        "unit": unit,
+                        "n": test.n,
+                        "seeds": ",".join(str(s) for s in seeds),
+                        "p_value": test.p_value,
+                    }
+                )
+    return pd.DataFrame.from_records(rows, columns=RISE_COLUMNS)
+
+
+def display_rise(frame: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for _, r in frame.iterrows():
+        rows.append(
+            {
+                "Template": r["template"],
+                "Scorer": r["scorer"],
+                "Split": r["split"],
+                "Model": r["model"],
+                "Metric": METRIC_NAMES.get(r["metric"], r["metric"]),
+                "Base": fmt(r["base"]),
+                "Final": fmt(r["final"]),
+                "Rise ± 95% CI": fmt_ci(r["rise"], r["rise_ci95"]),
+                "Test": r["test"] + (f" (seed {r['seeds']})" if r["unit"] == "prompts" else ""),
+                "n": f"{r['n']} {r['unit']}",
+                "p": fmt_p(r["p_value"]),
+            }
+        )
+    return pd.DataFrame.from_records(rows)
