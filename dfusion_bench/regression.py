@@ -6,7 +6,8 @@ Two forms, one code path:
   ``DFUSION_CLIP_CHECKPOINT`` (a local open_clip ViT-H-14 checkpoint) select SD + CLIPScore on ``paper-t1``;
 - **embedded** (anywhere, CI included): the shipped shapes model + the exact verifier on ``shapes-objects``.
 
-Steps: ``fuse`` on the train split, then a few DPO epochs with and without fusion. It fails (exit 1) if a run the
+Steps: ``fuse`` on the train split, then a few DPO epochs with and without fusion, evaluated on the train split only
+(the check reads nothing else). It fails (exit 1) if a run the
 form's baseline names under ``must_rise`` does not raise its train-split mean score, if a run ends below its stored
 ``min_train_final``, or if fusion's target-beats-base rate falls under ``min_target_beats_base``
 (:data:`BASELINE_FILE`, one entry per form; the measured values and margins are documented there).
@@ -113,7 +114,7 @@ def run_regression(out: Path, device: str | None = None) -> dict:
         train = ["train", "--method", "dpo", flag, "--out", str(run), "--overwrite", "--epochs", str(p["epochs"]),
                  "--samples-per-prompt", str(p["samples_per_prompt"]),
                  "--eval-samples-per-prompt", str(p["eval_samples_per_prompt"]),
-                 "--eval-every", str(p["epochs"]), *common]  # fmt: skip
+                 "--eval-every", str(p["epochs"]), "--eval-splits", "train", *common]  # fmt: skip
         train += settings["train"]
         _cli(train)
         before, after = _train_rise(run)

@@ -18,6 +18,8 @@ def test_regression_passes_on_the_embedded_world(tmp_path, monkeypatch) -> None:
     assert result["form"] == "embedded"
     assert result["failures"] == [], result
     assert json.loads((tmp_path / "regression" / "regression.json").read_text())["failures"] == []
+    metrics = (tmp_path / "regression" / "dpo-plain" / "metrics.jsonl").read_text().splitlines()
+    assert {json.loads(line)["split"] for line in metrics} == {"train"}  # the check evaluates only what it reads
     assert "embedded" in json.loads(BASELINE_FILE.read_text())
 
 

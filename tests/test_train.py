@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from dfusion_bench.cli import main
+from dfusion_bench.errors import UserError
 from dfusion_bench.fusion import FusionConfig
 from dfusion_bench.pairs import build_pairs, sample_and_score
 from dfusion_bench.rl.advantages import PerPromptStats
@@ -114,6 +115,14 @@ def test_default_learning_rate_depends_on_the_model(method: str, world_dir) -> N
     assert TrainConfig(method=method, model="some/sd-folder").lr == LITERATURE_LR[method]
     assert TrainConfig(method=method, optim=OptimSettings(lr=0.5)).lr == 0.5
     assert EMBEDDED_LR[method] != LITERATURE_LR[method]
+
+
+def test_eval_splits_are_validated_and_round_trip() -> None:
+    assert TrainConfig(eval_splits=("train",)).eval_splits == ("train",)
+    assert TrainConfig.from_dict(TrainConfig(eval_splits=("test",)).to_dict()).eval_splits == ("test",)
+    for bad in ((), ("train", "val")):
+        with pytest.raises(UserError, match="--eval-splits"):
+            TrainConfig(eval_splits=bad)
 
 
 def test_reference_policy_is_the_base_model(lora_pipe) -> None:

@@ -75,6 +75,7 @@ def train(
     clip_checkpoint: o.ClipCheckpoint = None,
     seed: o.Seed = 0,
     eval_every: int = typer.Option(1, "--eval-every", min=1, help="Evaluate on train and test every k epochs."),
+    eval_splits: str = typer.Option("train,test", "--eval-splits", help="Splits evaluated: train,test, train or test."),
     eval_samples_per_prompt: int = typer.Option(4, "--eval-samples-per-prompt", min=1, help="Fixed-seed eval samples."),
     lr: float = typer.Option(
         None, "--lr", help="Learning rate. Default: embedded dpo 3e-4, ddpo/pg 1e-3; --model dpo 3e-5, ddpo/pg 3e-4."
@@ -137,6 +138,7 @@ def train(
         clip_checkpoint=str(clip_checkpoint) if clip_checkpoint else None,
         eval_every=eval_every,
         eval_samples_per_prompt=eval_samples_per_prompt,
+        eval_splits=tuple(part.strip() for part in eval_splits.split(",") if part.strip()),
         batch_size=batch_size,
         sampler=SamplerConfig(num_steps=steps, eta=eta, guidance_scale=guidance),
         fusion_settings=o.fusion_config(

@@ -117,6 +117,8 @@ class TrainConfig:
     clip_checkpoint: str | None = None
     eval_every: int = 1
     eval_samples_per_prompt: int = 4
+    eval_splits: tuple[str, ...] = ("train", "test")
+    """Splits evaluated every ``eval_every`` epochs (the regression check needs only train)."""
     batch_size: int = 16
     """Images per UNet batch when sampling (memory, not the optimisation)."""
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
@@ -133,6 +135,8 @@ class TrainConfig:
             problems.append(f"--method {self.method!r}: use one of {', '.join(METHODS)}")
         if self.epochs < 1 or self.samples_per_prompt < 2 or self.eval_every < 1:
             problems.append("--epochs >= 1, --samples-per-prompt >= 2 and --eval-every >= 1 are needed")
+        if not self.eval_splits or not set(self.eval_splits) <= {"train", "test"}:
+            problems.append(f"--eval-splits {','.join(self.eval_splits)!r}: use train, test or train,test")
         if self.sampler.eta <= 0:
             problems.append(f"--eta {self.sampler.eta}: training needs eta > 0 (log-probabilities are undefined at 0)")
         if not 0 < self.optim.timestep_fraction <= 1:
@@ -167,6 +171,8 @@ class TrainConfig:
             "pg": PGSettings,
         }
         kwargs = dict(data)
+        if "eval_splits" in kwargs:
+            kwargs["eval_splits"] = tuple(kwargs["eval_splits"])
         for key, cls in nested.items():
             if key in kwargs:
                 values = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs[key].items()}

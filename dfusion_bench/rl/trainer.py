@@ -128,7 +128,9 @@ class Trainer:
     def _evaluate(self, epoch: int, progress: Progress) -> float:
         t0 = time.perf_counter()
         folder = self.out / "eval" / f"epoch-{epoch:04d}"
-        for split, entries in (("train", self.train_entries), ("test", self.test_entries)):
+        splits = {"train": self.train_entries, "test": self.test_entries}
+        for split in self.cfg.eval_splits:
+            entries = splits[split]
             self.unet.eval()
             with torch.no_grad():
                 result = evaluate(
