@@ -2,10 +2,10 @@
 
 Tables:
 
-* ``final``        final alignment (last evaluated epoch of each run): mean and 95% t-interval over seeds, per
-                   template x scorer x split x method x fusion, with the base model (epoch 0) as the first row;
 * ``overview``     the final table pivoted: one row per template x scorer x split, one column per configuration
                    (base first, then each method without and with D-Fusion), the paper's table layout;
+* ``final``        final alignment (last evaluated epoch of each run): mean and 95% t-interval over seeds, per
+                   template x scorer x split x method x fusion, with the base model (epoch 0) as the first row;
 * ``rise``         (final) - (base model) per configuration and metric, with a paired test (:mod:`.rise`);
 * ``fusion_gain``  (with D-Fusion) - (without) per template x scorer x split x method x metric, with a paired test;
 * ``runs``         one row per run folder read;
@@ -331,14 +331,6 @@ def build_tables(
 
     if runs:
         final = final_table(runs)
-        add(
-            "final",
-            "Final alignment",
-            "Each run's last evaluated epoch; mean ± 95% t-interval over seeds (no interval for one seed). "
-            f"'{BASE_LABEL}' is the model before any update.",
-            final,
-            display_final(final),
-        )
         overview, overview_display = overview_table(final)
         add(
             "overview",
@@ -347,6 +339,14 @@ def build_tables(
             "epoch, mean over seeds.",
             overview,
             overview_display,
+        )
+        add(
+            "final",
+            "Final alignment",
+            "Each run's last evaluated epoch; mean ± 95% t-interval over seeds (no interval for one seed). "
+            f"'{BASE_LABEL}' is the model before any update.",
+            final,
+            display_final(final),
         )
         rise = rise_table(runs)
         add(
