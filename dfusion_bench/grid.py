@@ -86,12 +86,14 @@ EXPORTED_FILES = ("config.json", "run.json", "metrics.jsonl", "train_log.jsonl")
 
 
 def export_run(run: Path, dest: Path) -> Path:
-    """Copy a finished run's configuration, run info, logs and its first and last evaluation grids to ``dest`` (no
-    checkpoints: a few hundred KB), so that the results can be committed and the report rebuilt from them."""
+    """Copy a finished run's configuration, run info, logs, its first and last evaluations and its final LoRA
+    adapters (no optimizer state, no earlier checkpoints: a few hundred KB) to ``dest``, so that the results can be
+    committed, the report rebuilt from them and the final policy re-evaluated (``dfusion eval --run dest``)."""
     import shutil
     import tempfile
 
     from dfusion_bench import atomic
+    from dfusion_bench.rl.checkpoint import LATEST, epoch_dir, latest_epoch
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     staged = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
@@ -100,6 +102,11 @@ def export_run(run: Path, dest: Path) -> Path:
     epochs = sorted((run / "eval").glob("epoch-*"))
     for folder in {epochs[0], epochs[-1]} if epochs else ():
         shutil.copytree(folder, staged / "eval" / folder.name)
+    last = latest_epoch(run)
+    if last is not None:
+        (epoch_dir(staged, last)).mkdir(parents=True)
+        shutil.copy2(epoch_dir(run, last) / "lora.safetensors", epoch_dir(staged, last) / "lora.safetensors")
+        shutil.copy2(run / "checkpoints" / LATEST, staged / "checkpoints" / LATEST)
     return atomic.replace_dir(staged, dest)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dfusion_bench.grid import EXPORTED_FILES, export_run
+from dfusion_bench.rl.checkpoint import latest_epoch
 
 
 def _fake_run(run: Path) -> None:
@@ -17,15 +18,24 @@ def _fake_run(run: Path) -> None:
         (folder / "train.png").write_bytes(b"png")
     (run / "checkpoints" / "epoch-0004").mkdir(parents=True)
     (run / "checkpoints" / "epoch-0004" / "lora.safetensors").write_bytes(b"weights")
+    (run / "checkpoints" / "epoch-0004" / "trainer_state.pt").write_bytes(b"optimizer")
+    (run / "checkpoints" / "epoch-0002").mkdir(parents=True)
+    (run / "checkpoints" / "epoch-0002" / "lora.safetensors").write_bytes(b"older")
+    (run / "checkpoints" / "latest.json").write_text('{"epoch": 4}')
 
 
-def test_export_keeps_logs_and_first_and_last_eval_only(tmp_path: Path) -> None:
+def test_export_keeps_logs_first_and_last_eval_and_final_adapters_only(tmp_path: Path) -> None:
     run, dest = tmp_path / "run", tmp_path / "results" / "run"
     _fake_run(run)
     export_run(run, dest)
     assert sorted(p.name for p in (dest / "eval").iterdir()) == ["epoch-0000", "epoch-0004"]
     assert all((dest / name).read_text() == name for name in EXPORTED_FILES)
-    assert not (dest / "checkpoints").exists()
+    # the final LoRA weights only (dfusion eval --run can load them), no optimizer state or earlier epochs
+    assert sorted(str(p.relative_to(dest)) for p in (dest / "checkpoints").rglob("*") if p.is_file()) == [
+        "checkpoints/epoch-0004/lora.safetensors",
+        "checkpoints/latest.json",
+    ]
+    assert latest_epoch(dest) == 4 and (dest / "checkpoints/epoch-0004/lora.safetensors").read_bytes() == b"weights"
     # exporting again replaces the copy (a rerun of the grid), leaving nothing staged behind
     (run / "metrics.jsonl").write_text("new")
     export_run(run, dest)
