@@ -6,7 +6,8 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from dfusion_bench.report.collect import SPLITS, Run, read_samples_csv
+from dfusion_bench.report import stats
+from dfusion_bench.report.collect import SPLITS, Run, read_samples_csv, warn
 
 RUN_KEYS = ["template", "scorer", "method", "fusion", "label", "seed"]
 METRICS = ("mean_score", "aligned_rate")
@@ -59,3 +60,23 @@ def prompt_means(run: Run, epoch: int, split: str) -> pd.DataFrame | None:
     if "aligned" in samples:
         columns["aligned"] = "aligned_rate"
     return samples.groupby("prompt_index")[list(columns)].mean().rename(columns=columns)
+
+
+def prompt_test(
+    a: tuple[Run, int | None], b: tuple[Run, int | None], split: str, metric: str, what: str
+) -> stats.PairedTest:
+    """Wilcoxon signed-rank over prompts (matched by ``prompt_index``) of run ``a`` at its epoch against run ``b`` at
+    its epoch; untested, with a warning naming ``what`` (the single-seed comparison), when a per-prompt CSV is
+    missing or no prompt is shared."""
+    untested = stats.PairedTest(float("nan"), float("nan"), float("nan"), stats.NO_TEST, 0)
+    means = []
+    for run, epoch in (a, b):
+        frame = prompt_means(run, epoch, split) if epoch is not None else None
+        if frame is None or metric not in frame:
+            warn(f"{run.path}: no per-prompt {split} scores at epoch {epoch}; single-seed {what} untested")
+            return untested
+        means.append(frame[metric])
+    joined = pd.concat(means, axis=1, keys=["a", "b"], join="inner").dropna()
+    if joined.empty:
+        return untested
+    return stats.wilcoxon(joined["a"].to_numpy(float), joined["b"].to_numpy(float))

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 import pandas as pd
 
 from dfusion_bench.report import stats
-from dfusion_bench.report.collect import Run, method_label, warn
-from dfusion_bench.report.frames import METRIC_NAMES, METRICS, prompt_means
+from dfusion_bench.report.collect import SPLITS, Run, method_label
+from dfusion_bench.report.frames import METRIC_NAMES, METRICS, prompt_test
 from dfusion_bench.report.table_io import fmt, fmt_ci, fmt_p
 
 RISE_COLUMNS = [
@@ -42,26 +42,15 @@ RISE_COLUMNS = [
 
 
 def _endpoints(run: Run, split: str, metric: str) -> tuple[float, float] | None:
-    """(epoch 0, last epoch) of ``metric`` on ``split``; None when either is missing."""
+    """(epoch 0, last epoch) of ``metric`` on ``split``; None when either is missing or the run never trained."""
     rows = run.metrics[run.metrics["split"] == split]
-    if metric not in rows or rows.empty:
+    last = run.last_epoch(split)
+    if metric not in rows or not last:
         return None
     first = rows[rows["epoch"] == 0][metric]
-    last = rows[rows["epoch"] == rows["epoch"].max()][metric]
-    if first.empty or last.empty or rows["epoch"].max() == 0:
+    if first.empty:
         return None
-    return float(first.iloc[-1]), float(last.iloc[-1])
-
-
-def prompt_rise_test(run: Run, split: str, metric: str) -> stats.PairedTest:
-    """Wilcoxon over prompts of one run's last epoch against its epoch 0 (untested when a CSV is missing)."""
-    last = run.last_epoch(split)
-    frames = [prompt_means(run, epoch, split) for epoch in (last, 0)] if last else [None]
-    if any(frame is None or metric not in frame for frame in frames):
-        warn(f"{run.path}: no per-prompt {split} scores at epoch 0 and its last epoch; single-seed rise untested")
-        return stats.PairedTest(float("nan"), float("nan"), float("nan"), stats.NO_TEST, 0)
-    joined = pd.concat([f[metric] for f in frames], axis=1, keys=["final", "base"], join="inner").dropna()
-    return stats.wilcoxon(joined["final"].to_numpy(float), joined["base"].to_numpy(float))
+    return float(first.iloc[-1]), float(rows[rows["epoch"] == last][metric].iloc[-1])
 
 
 def rise_table(runs: Sequence[Run]) -> pd.DataFrame:
@@ -71,7 +60,7 @@ def rise_table(runs: Sequence[Run]) -> pd.DataFrame:
     for run in runs:
         groups.setdefault((run.template, run.scorer, run.method, run.fusion), {})[run.seed] = run
     for (template, scorer, method, fusion), by_seed in sorted(groups.items()):
-        for split in ("train", "test"):
+        for split in SPLITS:
             for metric in METRICS:
                 points = {seed: _endpoints(run, split, metric) for seed, run in by_seed.items()}
                 seeds = sorted(seed for seed, point in points.items() if point is not None)
@@ -82,7 +71,8 @@ def rise_table(runs: Sequence[Run]) -> pd.DataFrame:
                 if len(seeds) >= 2:
                     test, unit = stats.paired_t(final, base), "seeds"
                 else:
-                    test = prompt_rise_test(by_seed[seeds[0]], split, metric)
+                    run = by_seed[seeds[0]]
+                    test = prompt_test((run, run.last_epoch(split)), (run, 0), split, metric, "rise")
                     unit = "prompts" if test.n else "seeds"
                 mean_base, mean_final = sum(base) / len(base), sum(final) / len(final)
                 rows.append(

@@ -26,7 +26,7 @@ import pandas as pd
 from dfusion_bench.report import stats
 from dfusion_bench.report.bookkeeping import evals_table, fuse_table, training_table
 from dfusion_bench.report.collect import Evaluation, Fuse, Run, method_label, warn
-from dfusion_bench.report.frames import METRIC_NAMES, METRICS, metrics_frame, prompt_means, runs_frame
+from dfusion_bench.report.frames import METRIC_NAMES, METRICS, metrics_frame, prompt_test, runs_frame
 from dfusion_bench.report.rise import display_rise, rise_table
 from dfusion_bench.report.table_io import Table, display_numbers, fmt, fmt_ci, fmt_p
 from dfusion_bench.rl.config import METHODS
@@ -142,7 +142,12 @@ def _column_order(frame: pd.DataFrame) -> list[str]:
     rank = {m: i for i, m in enumerate(METHODS)}
     models = frame[["model", "method", "fusion"]].drop_duplicates("model")
     key = models.apply(
-        lambda r: (r["method"] != "base", rank.get(r["method"], len(rank)), r["method"], bool(r["fusion"] is True)),
+        lambda r: (
+            r["method"] != "base",
+            rank.get(r["method"], len(rank)),
+            r["method"],
+            r["fusion"] is not pd.NA and bool(r["fusion"]),
+        ),
         axis=1,
     )
     return list(models.assign(_key=key).sort_values("_key", kind="stable")["model"])
@@ -199,7 +204,8 @@ def gain_table(runs: Sequence[Run]) -> pd.DataFrame:
             elif len(shared) == 1:
                 seed = shared[0]
                 a_run, b_run = by_run[with_f.loc[seed, "run"]], by_run[without.loc[seed, "run"]]
-                test = _prompt_test(a_run, b_run, split, metric)
+                ends = [(run, run.last_epoch(split)) for run in (a_run, b_run)]
+                test = prompt_test(ends[0], ends[1], split, metric, "gain")
                 a, b = float(with_f.loc[seed, metric]), float(without.loc[seed, metric])
                 row = _gain_row(base, a, b, a - b, test, "prompts" if test.n else "seeds", shared)
             else:
@@ -250,22 +256,6 @@ def _gain_row(
         "seeds": ",".join(str(s) for s in seeds),
         "p_value": test.p_value,
     }
-
-
-def _prompt_test(with_run: Run, without_run: Run, split: str, metric: str) -> stats.PairedTest:
-    """Wilcoxon over prompts of two same-seed runs at their final epochs (untested when a CSV is missing)."""
-    means = []
-    for run in (with_run, without_run):
-        epoch = run.last_epoch(split)
-        frame = prompt_means(run, epoch, split) if epoch is not None else None
-        if frame is None or metric not in frame:
-            warn(f"{run.path}: no per-prompt {split} scores at its last epoch; single-seed gain untested")
-            return stats.PairedTest(float("nan"), float("nan"), float("nan"), stats.NO_TEST, 0)
-        means.append(frame[metric])
-    joined = pd.concat(means, axis=1, keys=["with", "without"], join="inner").dropna()
-    if joined.empty:
-        return stats.PairedTest(float("nan"), float("nan"), float("nan"), stats.NO_TEST, 0)
-    return stats.wilcoxon(joined["with"].to_numpy(float), joined["without"].to_numpy(float))
 
 
 # ---- formatting specific to these tables ------------------------------------------------------------------------

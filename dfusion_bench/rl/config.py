@@ -170,9 +170,7 @@ class TrainConfig:
             "ddpo": DDPOSettings,
             "pg": PGSettings,
         }
-        kwargs = dict(data)
-        if "eval_splits" in kwargs:
-            kwargs["eval_splits"] = tuple(kwargs["eval_splits"])
+        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}  # JSON lists are tuples here
         for key, cls in nested.items():
             if key in kwargs:
                 values = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs[key].items()}
