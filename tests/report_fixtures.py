@@ -196,25 +196,36 @@ def write_single_seed_pair(root: Path) -> list[Path]:
     return paths
 
 
-def write_eval(folder: Path, run: str | None = None, epoch: int | None = 3) -> Path:
-    """An eval folder as ``dfusion eval --out`` writes it (dpo + D-Fusion, seed 0, test split, two scorers)."""
+EVAL_MEANS = [0.7 + o for o in OFFSETS]  # the trained model's per-prompt means in write_eval's folder
+BASE_EVAL_MEANS = [0.6 + o for o in OFFSETS]  # the base model's, on the same images: every pair differs by +0.1
+
+
+def write_eval(
+    folder: Path, run: str | None = None, epoch: int | None = 3, base: bool = False, weights: str = "w0"
+) -> Path:
+    """An eval folder as ``dfusion eval --out`` writes it: of dpo + D-Fusion (seed 0) or, with ``base``, of the base
+    model (``--model``); test split, two scorers, the same prompts and seeds either way."""
     folder.mkdir(parents=True, exist_ok=True)
-    rows = _samples([0.7 + o for o in OFFSETS], "verifier")
+    means = BASE_EVAL_MEANS if base else EVAL_MEANS
+    clip = [{**row, "aligned": "", "facts": ""} for row in _samples([m / 2 for m in means], "clip")]
+    rows = _samples(means, "verifier") + clip
     _write_csv(folder / "samples.csv", rows)
     summary = {
         "split": "test",
         "template": TEMPLATE,
-        "source": {"run": run, "epoch": epoch, "model": None},
-        "method": "dpo",
-        "fusion": True,
-        "seed": 0,
+        "source": {"run": None if base else run, "epoch": None if base else epoch, "model": None},
+        "method": None if base else "dpo",
+        "fusion": None if base else True,
+        "seed": None if base else 0,
+        "sampler": {"steps": 20, "eta": 1.0, "guidance": 5.0},
         "scorers": {
-            "verifier": {"mean_score": 0.7, "aligned_rate": 0.5, "n": len(rows)},
-            "clip": {"mean_score": 0.31, "aligned_rate": None, "n": len(rows)},
+            "verifier": {"mean_score": sum(means) / len(means), "aligned_rate": 0.5, "n": len(rows) // 2},
+            "clip": {"mean_score": sum(means) / len(means) / 2, "aligned_rate": None, "n": len(rows) // 2},
         },
     }
     (folder / "summary.json").write_text(json.dumps(summary, indent=2))
-    (folder / "run.json").write_text(json.dumps({"command": "eval", "config": {"template": TEMPLATE}}))
+    run_info = {"command": "eval", "config": {"template": TEMPLATE}, "model_digest": {"weights": weights}}
+    (folder / "run.json").write_text(json.dumps(run_info))
     tiny_png(folder / "grid.png", (200, 30, 30), size=24)
     return folder
 
@@ -255,12 +266,13 @@ def write_fuse(folder: Path, n_triples: int = 3) -> Path:
 
 
 def write_everything(root: Path) -> dict[str, Path]:
-    """All of the above under ``root``: ``runs/`` (two levels deep), ``evals/e0``, ``fuse/f0``."""
+    """All of the above under ``root``: ``runs/`` (two levels deep), ``evals/e0`` and ``evals/base``, ``fuse/f0``."""
     runs = root / "runs"
     write_multi_seed_runs(runs)
     write_single_seed_pair(runs)
     return {
         "runs": runs,
         "eval": write_eval(root / "evals" / "e0", run=str(runs / TEMPLATE / run_name("dpo", True, 0))),
+        "base_eval": write_eval(root / "evals" / "base", base=True),
         "fuse": write_fuse(root / "fuse" / "f0"),
     }

@@ -21,6 +21,7 @@ from dfusion_bench.errors import UserError
 from dfusion_bench.report import build_report, load_report_tables, stats
 from dfusion_bench.report import curves as curves_mod
 from dfusion_bench.report.collect import ReportWarning, collect
+from dfusion_bench.report.paired import paired_table
 from dfusion_bench.report.rise import rise_table
 from dfusion_bench.report.table_io import to_latex, to_markdown
 from dfusion_bench.report.tables import final_table, gain_table
@@ -44,7 +45,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("report")
     paths = fx.write_everything(root / "in")
     out = root / "out"
-    paths["index"] = build_report([paths["runs"], paths["eval"], paths["fuse"]], out)
+    paths["index"] = build_report([paths["runs"], paths["eval"], paths["base_eval"], paths["fuse"]], out)
     paths["out"] = out
     return paths
 
@@ -135,6 +136,30 @@ def test_rise_over_base_with_one_seed_is_wilcoxon_over_prompts(tables: dict[str,
     assert (row["test"], row["unit"], row["n"]) == (stats.PROMPT_TEST, "prompts", 6)
 
 
+def test_paired_table_is_wilcoxon_over_shared_images(tables: dict[str, pd.DataFrame]) -> None:
+    """The dpo + D-Fusion eval against the base eval: 12 images, each +0.1 (verifier) or +0.05 (clip, half the
+    scores); all 12 differences positive and tied, so the exact two-sided signed-rank p is 2 / 2**12."""
+    paired = tables["paired"]
+    row = _row(paired, scorer="verifier", metric="mean_score")
+    n = 2 * len(fx.PROMPTS)
+    assert (row["model"], row["n"], row["test"]) == ("dpo + D-Fusion", n, "Wilcoxon signed-rank over images")
+    assert (row["base"], row["model_value"]) == pytest.approx((0.6, 0.7), abs=1e-12)
+    assert (row["difference"], row["difference_ci95"]) == pytest.approx((0.1, 0.0), abs=1e-12)
+    assert row["p_value"] == pytest.approx(2 / 2**n)
+    assert _row(paired, scorer="clip", metric="mean_score")["difference"] == pytest.approx(0.05, abs=1e-12)
+    aligned = _row(paired, scorer="verifier", metric="aligned_rate")  # every score is above 0.5: all aligned
+    assert (aligned["base"], aligned["difference"]) == (1.0, 0.0) and math.isnan(aligned["p_value"])
+    assert set(paired["metric"]) == {"mean_score", "aligned_rate"} and len(paired) == 3  # clip has no aligned rate
+
+
+def test_paired_table_needs_a_base_of_the_same_weights(tmp_path: Path) -> None:
+    fx.write_eval(tmp_path / "model", run="r")
+    fx.write_eval(tmp_path / "base", base=True, weights="other")
+    with pytest.warns(ReportWarning, match="no base-model evaluation shares"):
+        frame = paired_table(collect([tmp_path]).evals)
+    assert frame.empty
+
+
 def test_overview_pivots_the_final_table(tables: dict[str, pd.DataFrame]) -> None:
     overview = tables["overview"]
     models = ["base (epoch 0)", "dpo", "dpo + D-Fusion", "ddpo", "ddpo + D-Fusion"]
@@ -162,7 +187,7 @@ def test_report_writes_curves_tables_and_index(built: dict[str, Path]) -> None:
             svg = (out / "curves" / f"{fx.TEMPLATE}_{split}_{metric}.svg").read_text()
             assert "<svg" in svg and "dpo + D-Fusion" in svg  # text kept as text: small, searchable
             assert png.stat().st_size < 200_000
-    for name in ("final", "fusion_gain", "training", "runs", "evals", "fuse", "curves"):
+    for name in ("final", "fusion_gain", "paired", "training", "runs", "evals", "fuse", "curves"):
         for ext in ("csv", "parquet", "md", "tex"):
             assert (out / "tables" / f"{name}.{ext}").stat().st_size > 0, f"{name}.{ext}"
     md = (out / "tables" / "final.md").read_text()
@@ -233,7 +258,7 @@ def test_load_report_tables_round_trips(built: dict[str, Path], tables: dict[str
     pd.testing.assert_frame_equal(tables["final"], final_table(runs))
     pd.testing.assert_frame_equal(tables["fusion_gain"], gain_table(runs))
     pd.testing.assert_frame_equal(tables["rise"], rise_table(runs))
-    expected = {"final", "overview", "rise", "fusion_gain", "training", "runs", "evals", "fuse", "curves"}
+    expected = {"final", "overview", "rise", "fusion_gain", "paired", "training", "runs", "evals", "fuse", "curves"}
     assert set(tables) == expected
     csv = pd.read_csv(built["out"] / "tables" / "fusion_gain.csv")
     assert csv["p_value"].tolist() == pytest.approx(tables["fusion_gain"]["p_value"].tolist(), nan_ok=True)

@@ -73,6 +73,7 @@ def eval_command(
             "fusion": run_config.fusion if run_config else None,
             "seed": run_config.seed if run_config else None,
             "samples_per_prompt": samples_per_prompt,
+            "sampler": {"steps": steps, "eta": eta, "guidance": guidance},
             "scorers": result.summary,
         }
         atomic.write_json(stage / "summary.json", summary)

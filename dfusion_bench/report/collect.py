@@ -82,6 +82,8 @@ class Evaluation:
     summary: dict[str, Any]
     samples: pd.DataFrame | None
     grid: Path | None
+    model_weights: str | None = None  # the evaluated pipeline's weights digest (run.json's model_digest)
+    sampler: dict[str, Any] | None = None  # steps, eta, guidance (summary.json; absent in older folders)
 
 
 @dataclass
@@ -267,7 +269,18 @@ def read_eval(path: Path) -> Evaluation | None:
         return None
     samples = read_samples_csv(path / "samples.csv") if (path / "samples.csv").is_file() else None
     grid = path / "grid.png"
-    return Evaluation(path=path, summary=summary, samples=samples, grid=grid if grid.is_file() else None)
+    info = _read_json(path / "run.json") if (path / "run.json").is_file() else None
+    digest = info.get("model_digest") if info is not None else None
+    weights = digest.get("weights") if isinstance(digest, dict) else None
+    sampler = summary.get("sampler")
+    return Evaluation(
+        path=path,
+        summary=summary,
+        samples=samples,
+        grid=grid if grid.is_file() else None,
+        model_weights=str(weights) if weights else None,
+        sampler=sampler if isinstance(sampler, dict) else None,
+    )
 
 
 def read_fuse(path: Path) -> Fuse | None:

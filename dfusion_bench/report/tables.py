@@ -8,6 +8,7 @@ Tables:
                    template x scorer x split x method x fusion, with the base model (epoch 0) as the first row;
 * ``rise``         (final) - (base model) per configuration and metric, with a paired test (:mod:`.rise`);
 * ``fusion_gain``  (with D-Fusion) - (without) per template x scorer x split x method x metric, with a paired test;
+* ``paired``       ``dfusion eval`` folders of trained models against the base model's, image by image (:mod:`.paired`);
 * ``runs``         one row per run folder read;
 * ``training``     per configuration: mean over seeds of the training log (loss, target-beats-base, seconds/epoch);
 * ``evals``        one row per eval folder x scorer;
@@ -27,6 +28,7 @@ from dfusion_bench.report import stats
 from dfusion_bench.report.bookkeeping import evals_table, fuse_table, training_table
 from dfusion_bench.report.collect import Evaluation, Fuse, Run, method_label, warn
 from dfusion_bench.report.frames import METRIC_NAMES, METRICS, metrics_frame, prompt_test, runs_frame
+from dfusion_bench.report.paired import display_paired, paired_table
 from dfusion_bench.report.rise import display_rise, rise_table
 from dfusion_bench.report.table_io import Table, display_numbers, fmt, fmt_ci, fmt_p
 from dfusion_bench.rl.config import METHODS
@@ -356,6 +358,16 @@ def build_tables(
             gain,
             display_gain(gain),
         )
+    paired = paired_table(evals)
+    add(
+        "paired",
+        "Against the base model, image by image",
+        "dfusion eval folders of trained models against the base model's on the same prompts and seeds (same "
+        "initial noise); p from a two-sided Wilcoxon signed-rank test over the image pairs.",
+        paired,
+        display_paired(paired),
+    )
+    if runs:
         training = training_table(runs)
         add(
             "training",

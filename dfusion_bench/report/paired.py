@@ -1,0 +1,157 @@
+"""Trained models against the base model on the same images: ``dfusion eval`` folders paired sample by sample.
+
+A training run's own evaluations use few seeds per prompt (its curves need many points), which cannot resolve
+differences of a point or two. ``dfusion eval --run RUN --samples-per-prompt 48`` re-evaluates a final policy on
+more fixed seeds, and ``dfusion eval --model BASE`` the base model on the same ones. Because evaluation seeds are fixed
+per (prompt, k), the two folders hold the same prompts with the same initial noise, so each trained-model image has
+a base-model twin. This table pairs them on (prompt_index, prompt, seed) and tests the per-image differences with a
+two-sided Wilcoxon signed-rank test (zero differences dropped, scipy's default).
+
+A trained model's evaluation is paired with the base evaluation of the same template, split and scorer, from the same
+base weights (``model_digest`` in ``run.json``) and sampler, that shares the most images with it. Where base
+evaluations are given, an evaluation with no such base is left out with a warning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+
+from dfusion_bench.report import stats
+from dfusion_bench.report.collect import Evaluation, method_label, warn
+from dfusion_bench.report.frames import METRIC_NAMES, METRICS
+from dfusion_bench.report.table_io import fmt, fmt_ci, fmt_p
+from dfusion_bench.rl.config import METHODS
+
+IMAGE_TEST = "Wilcoxon signed-rank over images"
+PAIR_KEYS = ["prompt_index", "prompt", "seed"]
+SAMPLE_METRICS = {"score": "mean_score", "aligned": "aligned_rate"}  # samples.csv column -> metric name
+
+PAIRED_COLUMNS = [
+    "template",
+    "scorer",
+    "split",
+    "model",
+    "method",
+    "fusion",
+    "seed",
+    "epoch",
+    "metric",
+    "base",
+    "model_value",
+    "difference",
+    "difference_ci95",
+    "test",
+    "n",
+    "p_value",
+    "folder",
+    "base_folder",
+]
+
+
+def _is_base(ev: Evaluation) -> bool:
+    source = ev.summary.get("source")
+    return not (isinstance(source, dict) and source.get("run")) and not ev.summary.get("method")
+
+
+def _compatible(ev: Evaluation, base: Evaluation) -> bool:
+    """Same template and split, and the same base weights and sampler where both folders record them."""
+    if any(ev.summary.get(key) != base.summary.get(key) for key in ("template", "split")):
+        return False
+    for key in ("model_weights", "sampler"):
+        a, b = getattr(ev, key), getattr(base, key)
+        if a is not None and b is not None and a != b:
+            return False
+    return True
+
+
+def _scored(ev: Evaluation, scorer: str) -> pd.DataFrame:
+    samples = ev.samples
+    if samples is None or not set(PAIR_KEYS) <= set(samples.columns):
+        return pd.DataFrame(columns=[*PAIR_KEYS, *SAMPLE_METRICS])
+    if "scorer" in samples:
+        samples = samples[samples["scorer"].astype(str) == scorer]
+    return samples[[*PAIR_KEYS, *(c for c in SAMPLE_METRICS if c in samples)]]
+
+
+def _pairs(ev: Evaluation, base: Evaluation, scorer: str) -> pd.DataFrame:
+    return _scored(ev, scorer).merge(_scored(base, scorer), on=PAIR_KEYS, suffixes=("", "_base"))
+
+
+def paired_table(evals: Sequence[Evaluation]) -> pd.DataFrame:
+    """One row per trained-model evaluation x scorer x metric: its value, the base's on the same images, the
+    difference with its 95% t-interval and a Wilcoxon signed-rank p over the image pairs."""
+    bases = [ev for ev in evals if _is_base(ev)]
+    rows: list[dict[str, object]] = []
+    if not bases:  # nothing to pair with: no table, and nothing to warn about
+        return pd.DataFrame(columns=PAIRED_COLUMNS)
+    for ev in evals:
+        if _is_base(ev):
+            continue
+        s = ev.summary
+        source = s.get("source") if isinstance(s.get("source"), dict) else {}
+        for scorer in sorted(s["scorers"]):
+            candidates = [(len(_pairs(ev, b, scorer)), i) for i, b in enumerate(bases) if _compatible(ev, b)]
+            n_best, best = max(candidates, default=(0, -1))
+            if n_best == 0:
+                warn(f"{ev.path}: no base-model evaluation shares its {scorer} images; left out of the paired table")
+                continue
+            base = bases[best]
+            pairs = _pairs(ev, base, scorer)
+            for column, metric in SAMPLE_METRICS.items():
+                if column not in pairs or f"{column}_base" not in pairs:
+                    continue
+                both = pairs[[column, f"{column}_base"]].apply(pd.to_numeric, errors="coerce").dropna()
+                if both.empty:
+                    continue
+                test = stats.wilcoxon(both[column].to_numpy(float), both[f"{column}_base"].to_numpy(float))
+                rows.append(
+                    {
+                        "template": str(s.get("template") or ""),
+                        "scorer": scorer,
+                        "split": str(s.get("split") or ""),
+                        "model": method_label(s.get("method"), s.get("fusion")),
+                        "method": s.get("method"),
+                        "fusion": bool(s.get("fusion")),
+                        "seed": s.get("seed"),
+                        "epoch": source.get("epoch"),
+                        "metric": metric,
+                        "base": float(both[f"{column}_base"].mean()),
+                        "model_value": float(both[column].mean()),
+                        "difference": test.mean_difference,
+                        "difference_ci95": test.half_width,
+                        "test": IMAGE_TEST,
+                        "n": test.n,
+                        "p_value": test.p_value,
+                        "folder": str(ev.path),
+                        "base_folder": str(base.path),
+                    }
+                )
+    frame = pd.DataFrame.from_records(rows, columns=PAIRED_COLUMNS)
+    order = {name: i for i, name in enumerate([*METRICS, *METHODS])}
+    return frame.sort_values(
+        ["template", "scorer", "split", "metric", "method", "fusion", "seed"],
+        key=lambda column: column.map(order) if column.name in ("metric", "method") else column,
+        kind="stable",
+    ).reset_index(drop=True)
+
+
+def display_paired(frame: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for _, r in frame.iterrows():
+        rows.append(
+            {
+                "Template": r["template"],
+                "Scorer": r["scorer"],
+                "Split": r["split"],
+                "Model": r["model"] + (f" (seed {r['seed']}, epoch {r['epoch']})" if pd.notna(r["seed"]) else ""),
+                "Metric": METRIC_NAMES.get(r["metric"], r["metric"]),
+                "Base": fmt(r["base"]),
+                "Model value": fmt(r["model_value"]),
+                "Difference ± 95% CI": fmt_ci(r["difference"], r["difference_ci95"]),
+                "n images": str(r["n"]),
+                "p": fmt_p(r["p_value"]),
+            }
+        )
+    return pd.DataFrame.from_records(rows)
