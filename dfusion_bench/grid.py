@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
@@ -110,6 +111,71 @@ def export_run(run: Path, dest: Path) -> Path:
     return atomic.replace_dir(staged, dest)
 
 
+#: Where the grid's final evaluations go, under the export folder (or the run root without --export).
+FINAL_EVAL = "final-eval"
+
+
+def final_eval_dir(root: Path, name: str, split: str) -> Path:
+    """The ``dfusion eval`` folder of ``name`` (a run folder's name, or ``SUITE-base``) on ``split``."""
+    return root / FINAL_EVAL / f"{name}-{split}"
+
+
+def has_final_eval(folder: Path, images: int, epoch: int | None) -> bool:
+    """Whether ``folder`` holds a finished ``dfusion eval`` of ``images`` images per scorer, of checkpoint ``epoch``
+    (None: the base model)."""
+    try:
+        summary = json.loads((folder / "summary.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    counts = [s.get("n") for s in summary.get("scorers", {}).values() if isinstance(s, dict)]
+    source = summary.get("source") if isinstance(summary.get("source"), dict) else {}
+    return bool(counts) and all(n == images for n in counts) and source.get("epoch") == epoch
+
+
+def final_eval_command(out: Path, suite: str, split: str, seeds: int, run: Path | None, extra: list[str]) -> list[str]:
+    """``dfusion eval`` of ``run``'s final checkpoint, or of the base model (the grid's ``--model`` if ``extra`` names
+    one), on the grid's prompts of ``split`` with ``seeds`` fixed seeds each (the runs' own evaluations use the first
+    of these seeds), so that the report pairs every final policy with the base image by image."""
+    if run is not None:
+        source = ["--run", str(run), "--epoch", grid_value("--epochs")]
+    else:
+        source = ["--model", extra[extra.index("--model") + 1]] if "--model" in extra else []
+    return [sys.executable, "-m", "dfusion_bench", "eval", *source, "--template", suite, "--split", split,
+            "--prompts", grid_value("--prompts"), "--samples-per-prompt", str(seeds), "--out", str(out),
+            "--device", "cpu", "--overwrite"]  # fmt: skip
+
+
+def run_pool(
+    jobs: list[tuple[str, list[str], Callable[[], None]]], n_jobs: int, log_dir: Path, console: Console
+) -> list[str]:
+    """Run ``(name, command, on_success)`` jobs ``n_jobs`` at a time, one CPU thread each, logging each to
+    ``log_dir/NAME.log``; ``on_success`` runs as soon as its job ends well. Returns the names of failed jobs."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    todo, failed = list(jobs), []
+    running: list[tuple[subprocess.Popen, str, Callable[[], None], float]] = []
+    log_dir.mkdir(parents=True, exist_ok=True)
+    while todo or running:
+        while todo and len(running) < n_jobs:
+            name, cmd, on_success = todo.pop(0)
+            log = open(log_dir / f"{name}.log", "w")  # noqa: SIM115 - closed with the process
+            proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+            running.append((proc, name, on_success, time.time()))
+            console.print(f"started {name}")
+        time.sleep(2)
+        for item in list(running):
+            proc, name, on_success, start = item
+            if proc.poll() is None:
+                continue
+            running.remove(item)
+            status = "done" if proc.returncode == 0 else f"FAILED ({proc.returncode}, see {name}.log)"
+            console.print(f"{name}: {status} in {(time.time() - start) / 60:.1f} min")
+            if proc.returncode != 0:
+                failed.append(name)
+            else:
+                on_success()
+    return failed
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Train every method x fusion x suite, then build the report.")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -119,6 +185,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", type=Path, default=Path("results/report"))
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (each uses one CPU thread)")
     parser.add_argument("--export", type=Path, default=None, help="copy finished runs here; report on the copies")
+    parser.add_argument(
+        "--final-eval",
+        type=int,
+        default=0,
+        metavar="SEEDS",
+        help="then evaluate the base model and every finished run's final policy with this many fixed "
+        "seeds per prompt (0: no final evaluation); the report pairs them image by image",
+    )
+    parser.add_argument("--final-eval-splits", nargs="+", default=["train"], choices=["train", "test"])
     parser.add_argument("--with", dest="also", type=Path, nargs="*", default=[], help="more report inputs (fuse dirs)")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more `dfusion train` options")
     args = parser.parse_args(argv)
@@ -126,51 +201,65 @@ def main(argv: list[str] | None = None) -> int:
     epochs = int(grid_value("--epochs"))
     cells = [(m, f, s, seed) for seed in args.seeds for s in args.suites for m in args.methods for f in (False, True)]
 
-    def done(cell: tuple) -> bool:
-        run = run_dir(args.out, *cell)
-        return is_complete(run, epochs) or (args.export is not None and is_exported(args.export / run.name, epochs))
+    def exported(cell: tuple) -> Path | None:
+        dest = args.export / run_dir(args.out, *cell).name if args.export is not None else None
+        return dest if dest is not None and is_exported(dest, epochs) else None
 
-    todo = [c for c in cells if not done(c)]
+    todo = [c for c in cells if not (is_complete(run_dir(args.out, *c), epochs) or exported(c))]
     console.print(f"{len(cells)} runs, {len(cells) - len(todo)} complete, {len(todo)} to do, {args.jobs} at a time")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    running: list[tuple[subprocess.Popen, Path, float]] = []
-    failed, exported = [], set()
-    args.out.mkdir(parents=True, exist_ok=True)
-    while todo or running:
-        while todo and len(running) < args.jobs:
-            cell = todo.pop(0)
-            run = run_dir(args.out, *cell)
-            log = open(args.out / f"{run.name}.log", "w")  # noqa: SIM115 - closed with the process
-            proc = subprocess.Popen(command(run, *cell, args.extra), env=env, stdout=log, stderr=subprocess.STDOUT)
-            running.append((proc, run, time.time()))
-            console.print(f"started {run.name}")
-        time.sleep(2)
-        for item in list(running):
-            proc, run, start = item
-            if proc.poll() is not None:
-                running.remove(item)
-                status = "done" if proc.returncode == 0 else f"FAILED ({proc.returncode}, see {run.name}.log)"
-                console.print(f"{run.name}: {status} in {(time.time() - start) / 60:.1f} min")
-                if proc.returncode != 0:
-                    failed.append(run.name)
-                elif args.export is not None and is_complete(run, epochs):
-                    export_run(run, args.export / run.name)  # now, so that a stopped grid keeps what it finished
-                    exported.add(run.name)
-    from dfusion_bench.report import build_report
+    done_now: set[str] = set()
 
-    sources = [args.out]
+    def export(run: Path) -> Callable[[], None]:
+        def on_success() -> None:
+            if args.export is not None and is_complete(run, epochs):
+                export_run(run, args.export / run.name)  # now, so that a stopped grid keeps what it finished
+                done_now.add(run.name)
+
+        return on_success
+
+    train_jobs = []
+    for cell in todo:
+        run = run_dir(args.out, *cell)
+        train_jobs.append((run.name, command(run, *cell, args.extra), export(run)))
+    failed = run_pool(train_jobs, args.jobs, args.out, console)
+    finished = [run for run in (run_dir(args.out, *c) for c in cells) if is_complete(run, epochs)]
     if args.export is not None:
-        finished = [run for run in (run_dir(args.out, *c) for c in cells) if is_complete(run, epochs)]
         for run in finished:
-            if run.name not in exported:  # finished in an earlier invocation
+            if run.name not in done_now:  # finished in an earlier invocation
                 export_run(run, args.export / run.name)
         console.print(f"exported {len(finished)} runs to {args.export}")
-        sources = [args.export]
-    index = build_report([*sources, *args.also], args.report)
+    root = args.export if args.export is not None else args.out
+    if args.final_eval > 0:
+        failed += run_pool(final_eval_jobs(args, cells, root, epochs, exported), args.jobs, args.out, console)
+    from dfusion_bench.report import build_report
+
+    index = build_report([root, *args.also], args.report)
     console.print(f"report: {index}")
     if failed:
-        console.print(f"[red]{len(failed)} runs failed: {', '.join(failed)}")
+        console.print(f"[red]{len(failed)} jobs failed: {', '.join(failed)}")
     return 1 if failed else 0
+
+
+def final_eval_jobs(
+    args: argparse.Namespace, cells: list[tuple], root: Path, epochs: int, exported: Callable[[tuple], Path | None]
+) -> list[tuple[str, list[str], Callable[[], None]]]:
+    """The final evaluations still missing: the base model once per suite and split, and every finished run."""
+    images = int(grid_value("--prompts")) * args.final_eval
+    jobs = []
+    for split in args.final_eval_splits:
+        for suite in args.suites:
+            out = final_eval_dir(root, f"{suite}-base", split)
+            if not has_final_eval(out, images, None):
+                cmd = final_eval_command(out, suite, split, args.final_eval, None, args.extra)
+                jobs.append((out.name, cmd, lambda: None))
+        for cell in cells:
+            run = run_dir(args.out, *cell)
+            source = exported(cell) or (run if is_complete(run, epochs) else None)  # the committed copy first
+            out = final_eval_dir(root, run.name, split)
+            if source is not None and not has_final_eval(out, images, epochs):
+                cmd = final_eval_command(out, cell[2], split, args.final_eval, source, args.extra)
+                jobs.append((out.name, cmd, lambda: None))
+    return jobs
 
 
 if __name__ == "__main__":

@@ -63,3 +63,59 @@ def test_an_exported_run_counts_as_done_only_at_its_final_epoch_and_budget(tmp_p
     (dest / "config.json").write_text(json.dumps({"prompts": 8, "samples_per_prompt": 8}))
     (dest / "run.json").unlink()
     assert not is_exported(dest, 4)
+
+
+def _exported_run(dest: Path, epochs: int) -> None:
+    import json
+
+    for name in EXPORTED_FILES:
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        (dest / name).write_text("{}\n")
+    (dest / "config.json").write_text(json.dumps({"prompts": 8, "samples_per_prompt": 8}))
+    (dest / "metrics.jsonl").write_text(json.dumps({"epoch": epochs, "split": "train"}) + "\n")
+
+
+def _final_eval(folder: Path, n: int, epoch: int | None) -> None:
+    import json
+
+    folder.mkdir(parents=True)
+    summary = {"source": {"run": None, "epoch": epoch}, "scorers": {"verifier": {"n": n}}}
+    (folder / "summary.json").write_text(json.dumps(summary))
+
+
+def test_final_evaluations_cover_the_base_and_every_finished_run_once(tmp_path: Path) -> None:
+    import argparse
+
+    from dfusion_bench.grid import final_eval_dir, final_eval_jobs, grid_value, is_exported, run_dir
+
+    epochs, export = int(grid_value("--epochs")), tmp_path / "results"
+    cells = [("dpo", fusion, "shapes-objects", 0) for fusion in (False, True)]
+    _exported_run(export / run_dir(tmp_path, *cells[0]).name, epochs)  # dpo + fusion never finished
+    args = argparse.Namespace(
+        final_eval=48, final_eval_splits=["train"], suites=["shapes-objects"], out=tmp_path / "runs", extra=[]
+    )
+
+    def exported(cell: tuple) -> Path | None:
+        dest = export / run_dir(args.out, *cell).name
+        return dest if is_exported(dest, epochs) else None
+
+    jobs = final_eval_jobs(args, cells, export, epochs, exported)
+    assert [name for name, _, _ in jobs] == ["shapes-objects-base-train", "dpo-plain-shapes-objects-s0-train"]
+    base_cmd, run_cmd = (cmd for _, cmd, _ in jobs)
+    assert "--run" not in base_cmd and "--model" not in base_cmd  # the embedded default
+    assert run_cmd[run_cmd.index("--run") + 1] == str(export / "dpo-plain-shapes-objects-s0")
+    assert run_cmd[run_cmd.index("--epoch") + 1] == str(epochs)
+    for cmd in (base_cmd, run_cmd):
+        assert cmd[cmd.index("--samples-per-prompt") + 1] == "48"
+        assert cmd[cmd.index("--prompts") + 1] == grid_value("--prompts")
+    # a finished evaluation of the right size is not redone; one of another size, or of another epoch, is
+    images = int(grid_value("--prompts")) * 48
+    _final_eval(final_eval_dir(export, "shapes-objects-base", "train"), images, None)
+    _final_eval(final_eval_dir(export, "dpo-plain-shapes-objects-s0", "train"), images, epochs - 1)
+    assert [name for name, _, _ in final_eval_jobs(args, cells, export, epochs, exported)] == [
+        "dpo-plain-shapes-objects-s0-train"
+    ]
+    # the base model of a grid run on another model is that model
+    args.extra = ["--model", "some/pipeline"]
+    (base_cmd,) = [cmd for name, cmd, _ in final_eval_jobs(args, cells, tmp_path / "other", epochs, exported)][:1]
+    assert base_cmd[base_cmd.index("--model") + 1] == "some/pipeline"
