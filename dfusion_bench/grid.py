@@ -142,7 +142,7 @@ def final_eval_command(out: Path, suite: str, split: str, seeds: int, run: Path 
         source = ["--model", extra[extra.index("--model") + 1]] if "--model" in extra else []
     return [sys.executable, "-m", "dfusion_bench", "eval", *source, "--template", suite, "--split", split,
             "--prompts", grid_value("--prompts"), "--samples-per-prompt", str(seeds), "--out", str(out),
-            "--device", "cpu", "--overwrite"]  # fmt: skip
+            "--device", "cpu", "--no-grid", "--overwrite"]  # fmt: skip
 
 
 def run_pool(

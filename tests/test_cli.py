@@ -117,7 +117,7 @@ def test_eval_rows_have_the_same_shape_for_a_run_and_a_model(tmp_path, tiny_dir)
     for args in (
         train,
         ["eval", "--split", "test", "--run", str(run), *common, "--out", str(tmp_path / "a")],
-        ["eval", "--split", "test", "--model", str(tiny_dir), *common, "--out", str(tmp_path / "b")],
+        ["eval", "--split", "test", "--model", str(tiny_dir), *common, "--out", str(tmp_path / "b"), "--no-grid"],
     ):
         try:
             main(args)
@@ -126,6 +126,7 @@ def test_eval_rows_have_the_same_shape_for_a_run_and_a_model(tmp_path, tiny_dir)
     a, b = pd.read_csv(tmp_path / "a" / "samples.csv"), pd.read_csv(tmp_path / "b" / "samples.csv")
     assert list(a.columns) == list(b.columns) and len(a) == len(b) == 4
     assert list(a.seed) == list(b.seed)  # the fixed evaluation seeds
+    assert (tmp_path / "a" / "grid.png").is_file() and not (tmp_path / "b" / "grid.png").exists()
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
     assert summary["source"]["epoch"] == 1 and summary["method"] == "pg" and "compressibility" in summary["scorers"]
     assert summary["sampler"] == json.loads((tmp_path / "b" / "summary.json").read_text())["sampler"]

@@ -108,6 +108,7 @@ def test_final_evaluations_cover_the_base_and_every_finished_run_once(tmp_path: 
     for cmd in (base_cmd, run_cmd):
         assert cmd[cmd.index("--samples-per-prompt") + 1] == "48"
         assert cmd[cmd.index("--prompts") + 1] == grid_value("--prompts")
+        assert "--no-grid" in cmd  # 384 images in one picture: not worth committing
     # a finished evaluation of the right size is not redone; one of another size, or of another epoch, is
     images = int(grid_value("--prompts")) * 48
     _final_eval(final_eval_dir(export, "shapes-objects-base", "train"), images, None)

@@ -26,6 +26,7 @@ def eval_command(
     eta: o.Eta = 1.0,
     guidance: o.Guidance = 5.0,
     batch_size: o.BatchSize = 16,
+    grid: bool = typer.Option(True, "--grid/--no-grid", help="Write grid.png, every image in one picture."),
     device: o.Device = None,
     dtype: o.Dtype = None,
     overwrite: o.Overwrite = False,
@@ -64,7 +65,8 @@ def eval_command(
     with staged_dir(out, overwrite) as stage, progress_bar() as progress:
         result = evaluate(pipe, scorers, entries, samples_per_prompt, sampler, batch_size, progress=progress)
         write_samples(stage / "samples.csv", result)
-        write_grid(stage / "grid.png", result)
+        if grid:
+            write_grid(stage / "grid.png", result)
         summary = {
             "split": split,
             "template": load_suite(template).name,
