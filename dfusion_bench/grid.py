@@ -3,7 +3,9 @@
 ``python -m dfusion_bench.grid --seeds 0 1`` (or ``nox -s grid -- --seeds 0 1``) trains each cell as its own
 ``dfusion train`` process (``--jobs`` at a time, one CPU thread each), resumes cells that were interrupted, skips
 cells that are complete, and finally builds the report over all runs. The per-run configuration is
-:data:`GRID_CONFIG`, sized so that one run takes at most about 20 minutes on a 2-core laptop CPU.
+:data:`GRID_CONFIG`, sized so that one run takes at most about 20 minutes on a 2-core laptop CPU. With
+``--final-eval SEEDS`` it then evaluates the base model and every final policy on many more fixed seeds (into
+``final-eval/``), which the report's ``paired`` table compares image by image.
 """
 
 from __future__ import annotations
@@ -193,7 +195,9 @@ def main(argv: list[str] | None = None) -> int:
         help="then evaluate the base model and every finished run's final policy with this many fixed "
         "seeds per prompt (0: no final evaluation); the report pairs them image by image",
     )
-    parser.add_argument("--final-eval-splits", nargs="+", default=["train"], choices=["train", "test"])
+    parser.add_argument(
+        "--final-eval-splits", nargs="+", default=["train"], choices=["train", "test"], help="splits of --final-eval"
+    )
     parser.add_argument("--with", dest="also", type=Path, nargs="*", default=[], help="more report inputs (fuse dirs)")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more `dfusion train` options")
     args = parser.parse_args(argv)
