@@ -21,7 +21,7 @@ import pandas as pd
 from dfusion_bench.report import stats
 from dfusion_bench.report.collect import Evaluation, method_label, warn
 from dfusion_bench.report.frames import METRIC_NAMES, METRICS
-from dfusion_bench.report.table_io import fmt, fmt_ci, fmt_p
+from dfusion_bench.report.table_io import fmt, fmt_ci, fmt_p, key_cells
 from dfusion_bench.rl.config import METHODS
 
 IMAGE_TEST = "Wilcoxon signed-rank over images"
@@ -140,12 +140,10 @@ def paired_table(evals: Sequence[Evaluation]) -> pd.DataFrame:
 def display_paired(frame: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for _, r in frame.iterrows():
+        which = f" (seed {r['seed']}, epoch {r['epoch']})" if pd.notna(r["seed"]) else ""
         rows.append(
             {
-                "Template": r["template"],
-                "Scorer": r["scorer"],
-                "Split": r["split"],
-                "Model": r["model"] + (f" (seed {r['seed']}, epoch {r['epoch']})" if pd.notna(r["seed"]) else ""),
+                **key_cells(r, name=r["model"] + which),
                 "Metric": METRIC_NAMES.get(r["metric"], r["metric"]),
                 "Base": fmt(r["base"]),
                 "Model value": fmt(r["model_value"]),

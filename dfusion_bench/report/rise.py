@@ -19,7 +19,7 @@ import pandas as pd
 from dfusion_bench.report import stats
 from dfusion_bench.report.collect import SPLITS, Run, method_label
 from dfusion_bench.report.frames import METRIC_NAMES, METRICS, prompt_test
-from dfusion_bench.report.table_io import fmt, fmt_ci, fmt_p
+from dfusion_bench.report.table_io import fmt, fmt_ci, fmt_p, key_cells
 
 RISE_COLUMNS = [
     "template",
@@ -103,10 +103,7 @@ def display_rise(frame: pd.DataFrame) -> pd.DataFrame:
     for _, r in frame.iterrows():
         rows.append(
             {
-                "Template": r["template"],
-                "Scorer": r["scorer"],
-                "Split": r["split"],
-                "Model": r["model"],
+                **key_cells(r),
                 "Metric": METRIC_NAMES.get(r["metric"], r["metric"]),
                 "Base": fmt(r["base"]),
                 "Final": fmt(r["final"]),

@@ -54,6 +54,17 @@ def fmt_p(p: object) -> str:
     return "<0.001" if float(p) < 0.001 else f"{float(p):.3f}"
 
 
+def key_cells(row: pd.Series, who: str = "Model", name: object = None) -> dict[str, object]:
+    """The leading cells of a formatted table row: template, scorer, split, then the configuration (column ``who``,
+    ``name`` or the row's own ``who.lower()`` value)."""
+    return {
+        "Template": row["template"],
+        "Scorer": row["scorer"],
+        "Split": row["split"],
+        who: row[who.lower()] if name is None else name,
+    }
+
+
 def display_numbers(frame: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     """Every float column fixed to ``digits`` decimals, everything else as text; for the simpler tables."""
     out = pd.DataFrame(index=frame.index)

@@ -30,7 +30,7 @@ from dfusion_bench.report.collect import Evaluation, Fuse, Run, method_label, wa
 from dfusion_bench.report.frames import METRIC_NAMES, METRICS, metrics_frame, prompt_test, runs_frame
 from dfusion_bench.report.paired import display_paired, paired_table
 from dfusion_bench.report.rise import display_rise, rise_table
-from dfusion_bench.report.table_io import Table, display_numbers, fmt, fmt_ci, fmt_p
+from dfusion_bench.report.table_io import Table, display_numbers, fmt, fmt_ci, fmt_p, key_cells
 from dfusion_bench.rl.config import METHODS
 
 BASE_LABEL = "base (epoch 0)"
@@ -273,10 +273,7 @@ def display_final(frame: pd.DataFrame) -> pd.DataFrame:
     for _, r in frame.iterrows():
         rows.append(
             {
-                "Template": r["template"],
-                "Scorer": r["scorer"],
-                "Split": r["split"],
-                "Model": r["model"],
+                **key_cells(r),
                 "Epoch": _epochs(r),
                 "Seeds (n)": f"{r['seeds']} ({r['n_seeds']})",
                 "Mean score ± 95% CI": fmt_ci(r["mean_score"], r["mean_score_ci95"]),
@@ -291,10 +288,7 @@ def display_gain(frame: pd.DataFrame) -> pd.DataFrame:
     for _, r in frame.iterrows():
         rows.append(
             {
-                "Template": r["template"],
-                "Scorer": r["scorer"],
-                "Split": r["split"],
-                "Method": r["method"],
+                **key_cells(r, "Method"),
                 "Metric": METRIC_NAMES.get(r["metric"], r["metric"]),
                 "With D-Fusion": fmt(r["with_fusion"]),
                 "Without": fmt(r["without_fusion"]),
