@@ -10,6 +10,8 @@ from dfusion_bench.report import stats
 from dfusion_bench.report.collect import SPLITS, Run, read_samples_csv, warn
 
 RUN_KEYS = ["template", "scorer", "method", "fusion", "label", "seed"]
+#: The leading columns of every per-configuration table (final, rise, paired): where, scored how, and which model.
+CONFIG_COLUMNS = ["template", "scorer", "split", "model", "method", "fusion"]
 METRICS = ("mean_score", "aligned_rate")
 METRIC_NAMES = {"mean_score": "mean score", "aligned_rate": "aligned rate"}
 

@@ -20,7 +20,7 @@ import pandas as pd
 
 from dfusion_bench.report import stats
 from dfusion_bench.report.collect import Evaluation, method_label, warn
-from dfusion_bench.report.frames import METRIC_NAMES, METRICS
+from dfusion_bench.report.frames import CONFIG_COLUMNS, METRIC_NAMES, METRICS
 from dfusion_bench.report.table_io import fmt, fmt_ci, fmt_p, key_cells
 from dfusion_bench.rl.config import METHODS
 
@@ -29,12 +29,7 @@ PAIR_KEYS = ["prompt_index", "prompt", "seed"]
 SAMPLE_METRICS = {"score": "mean_score", "aligned": "aligned_rate"}  # samples.csv column -> metric name
 
 PAIRED_COLUMNS = [
-    "template",
-    "scorer",
-    "split",
-    "model",
-    "method",
-    "fusion",
+    *CONFIG_COLUMNS,
     "seed",
     "epoch",
     "metric",

@@ -18,16 +18,11 @@ import pandas as pd
 
 from dfusion_bench.report import stats
 from dfusion_bench.report.collect import SPLITS, Run, method_label
-from dfusion_bench.report.frames import METRIC_NAMES, METRICS, prompt_test
+from dfusion_bench.report.frames import CONFIG_COLUMNS, METRIC_NAMES, METRICS, prompt_test
 from dfusion_bench.report.table_io import fmt, fmt_ci, fmt_p, key_cells
 
 RISE_COLUMNS = [
-    "template",
-    "scorer",
-    "split",
-    "model",
-    "method",
-    "fusion",
+    *CONFIG_COLUMNS,
     "metric",
     "base",
     "final",

@@ -27,7 +27,7 @@ import pandas as pd
 from dfusion_bench.report import stats
 from dfusion_bench.report.bookkeeping import evals_table, fuse_table, training_table
 from dfusion_bench.report.collect import Evaluation, Fuse, Run, method_label, warn
-from dfusion_bench.report.frames import METRIC_NAMES, METRICS, metrics_frame, prompt_test, runs_frame
+from dfusion_bench.report.frames import CONFIG_COLUMNS, METRIC_NAMES, METRICS, metrics_frame, prompt_test, runs_frame
 from dfusion_bench.report.paired import display_paired, paired_table
 from dfusion_bench.report.rise import display_rise, rise_table
 from dfusion_bench.report.table_io import Table, display_numbers, fmt, fmt_ci, fmt_p, key_cells
@@ -122,12 +122,7 @@ def final_table(runs: Sequence[Run]) -> pd.DataFrame:
 
 
 _FINAL_COLUMNS = [
-    "template",
-    "scorer",
-    "split",
-    "model",
-    "method",
-    "fusion",
+    *CONFIG_COLUMNS,
     "epoch",
     "epoch_min",
     "n_seeds",
