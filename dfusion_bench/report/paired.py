@@ -70,10 +70,6 @@ def _scored(ev: Evaluation, scorer: str) -> pd.DataFrame:
     return samples[[*PAIR_KEYS, *(c for c in SAMPLE_METRICS if c in samples)]]
 
 
-def _pairs(ev: Evaluation, base: Evaluation, scorer: str) -> pd.DataFrame:
-    return _scored(ev, scorer).merge(_scored(base, scorer), on=PAIR_KEYS, suffixes=("", "_base"))
-
-
 def paired_table(evals: Sequence[Evaluation]) -> pd.DataFrame:
     """One row per trained-model evaluation x scorer x metric: its value, the base's on the same images, the
     difference with its 95% t-interval and a Wilcoxon signed-rank p over the image pairs."""
@@ -81,19 +77,21 @@ def paired_table(evals: Sequence[Evaluation]) -> pd.DataFrame:
     rows: list[dict[str, object]] = []
     if not bases:  # nothing to pair with: no table, and nothing to warn about
         return pd.DataFrame(columns=PAIRED_COLUMNS)
-    for ev in evals:
-        if _is_base(ev):
-            continue
+    for ev in (ev for ev in evals if not _is_base(ev)):
         s = ev.summary
         source = s.get("source") if isinstance(s.get("source"), dict) else {}
         for scorer in sorted(s["scorers"]):
-            candidates = [(len(_pairs(ev, b, scorer)), i) for i, b in enumerate(bases) if _compatible(ev, b)]
-            n_best, best = max(candidates, default=(0, -1))
-            if n_best == 0:
+            mine = _scored(ev, scorer)
+            candidates = [
+                (mine.merge(_scored(b, scorer), on=PAIR_KEYS, suffixes=("", "_base")), b)
+                for b in bases
+                if _compatible(ev, b)
+            ]
+            # the base sharing the most images (on a tie, the last one read)
+            pairs, base = max(reversed(candidates), key=lambda c: len(c[0]), default=(None, None))
+            if pairs is None or pairs.empty:
                 warn(f"{ev.path}: no base-model evaluation shares its {scorer} images; left out of the paired table")
                 continue
-            base = bases[best]
-            pairs = _pairs(ev, base, scorer)
             for column, metric in SAMPLE_METRICS.items():
                 if column not in pairs or f"{column}_base" not in pairs:
                     continue
