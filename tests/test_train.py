@@ -24,6 +24,7 @@ from dfusion_bench.rl.advantages import PerPromptStats
 from dfusion_bench.rl.config import EMBEDDED_LR, LITERATURE_LR, DPOSettings, LoraSettings, OptimSettings, TrainConfig
 from dfusion_bench.rl.lora import add_lora, reference_policy
 from dfusion_bench.rl.methods import METHODS, Policy, winning_pairs
+from dfusion_bench.rl.trainer import trained_steps
 from dfusion_bench.runinfo import model_digest
 from dfusion_bench.scorers import get_scorer
 from dfusion_bench.templates import PromptEntry
@@ -123,6 +124,20 @@ def test_eval_splits_are_validated_and_round_trip() -> None:
     for bad in ((), ("train", "val")):
         with pytest.raises(UserError, match="--eval-splits"):
             TrainConfig(eval_splits=bad)
+
+
+def test_excluded_last_steps_are_never_trained() -> None:
+    """--exclude-last-steps shrinks the steps an update draws from; the fraction applies to what is left, and an
+    old config.json (without the field) loads as 0, i.e. every step eligible, as before."""
+    assert trained_steps(20, OptimSettings(timestep_fraction=0.5)) == (20, 10)
+    assert trained_steps(20, OptimSettings(timestep_fraction=0.5, exclude_last_steps=3)) == (17, 8)
+    assert trained_steps(4, OptimSettings(timestep_fraction=0.1, exclude_last_steps=3)) == (1, 1)
+    old = TrainConfig().to_dict()
+    del old["optim"]["exclude_last_steps"]
+    assert TrainConfig.from_dict(old).optim.exclude_last_steps == 0
+    for bad in (-1, 20):
+        with pytest.raises(UserError, match="--exclude-last-steps"):
+            TrainConfig(optim=OptimSettings(exclude_last_steps=bad))
 
 
 def test_reference_policy_is_the_base_model(lora_pipe) -> None:

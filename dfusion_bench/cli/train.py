@@ -25,6 +25,7 @@ OPTION_PATHS: dict[str, tuple[str, ...]] = {
     "inner_epochs": ("optim.inner_epochs",),
     "train_batch_size": ("optim.batch_size",),
     "timestep_fraction": ("optim.timestep_fraction",),
+    "exclude_last_steps": ("optim.exclude_last_steps",),
     "beta": ("dpo.beta",),
     "dpo_eps": ("dpo.eps",),
     "dpo_require_win": ("dpo.require_win",),
@@ -83,6 +84,9 @@ def train(
     inner_epochs: int = typer.Option(1, "--inner-epochs", min=1, help="Passes over each epoch's data."),
     train_batch_size: int = typer.Option(8, "--train-batch-size", min=1, help="Examples per optimizer step."),
     timestep_fraction: float = typer.Option(1.0, "--timestep-fraction", help="Fraction of steps trained on."),
+    exclude_last_steps: int = typer.Option(
+        0, "--exclude-last-steps", min=0, help="Leave the last N denoising steps out of every update (0: none)."
+    ),
     beta: float = typer.Option(0.1, "--beta", help="dpo: beta (D3PO 0.1)."),
     dpo_eps: float = typer.Option(0.1, "--dpo-eps", help="dpo: ratio clip epsilon (D3PO 0.1)."),
     dpo_require_win: bool = typer.Option(
@@ -150,6 +154,7 @@ def train(
             inner_epochs=inner_epochs,
             batch_size=train_batch_size,
             timestep_fraction=timestep_fraction,
+            exclude_last_steps=exclude_last_steps,
         ),
         dpo=DPOSettings(beta=beta, eps=dpo_eps, require_win=dpo_require_win),
         ddpo=DDPOSettings(clip_range=clip_range, adv_clip_max=adv_clip),

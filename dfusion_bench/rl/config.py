@@ -64,6 +64,9 @@ class OptimSettings:
     """Training examples (pairs for dpo, samples for ddpo/pg) per optimizer step, over all processes."""
     timestep_fraction: float = 1.0
     """Fraction of the denoising steps trained on per example (ddpo-pytorch's timestep_fraction; 1 = all)."""
+    exclude_last_steps: int = 0
+    """Denoising steps at the end (least noisy) left out of every update; the fraction applies to the rest. 0: none.
+    A fused target's transition lies furthest off the policy's mean there (results/fuse-drift)."""
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,8 @@ class TrainConfig:
             problems.append(f"--eta {self.sampler.eta}: training needs eta > 0 (log-probabilities are undefined at 0)")
         if not 0 < self.optim.timestep_fraction <= 1:
             problems.append("--timestep-fraction must lie in (0, 1]")
+        if not 0 <= self.optim.exclude_last_steps < self.sampler.num_steps:
+            problems.append(f"--exclude-last-steps must lie in [0, --steps) = [0, {self.sampler.num_steps})")
         if self.optim.batch_size < 1 or self.optim.inner_epochs < 1:
             problems.append("--train-batch-size and --inner-epochs must be >= 1")
         fusion = self.fusion_settings

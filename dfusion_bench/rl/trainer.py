@@ -28,7 +28,7 @@ from dfusion_bench.pairs import build_pairs, sample_and_score
 from dfusion_bench.progress import advance_callback, progress_bar
 from dfusion_bench.rl import checkpoint
 from dfusion_bench.rl.advantages import PerPromptStats
-from dfusion_bench.rl.config import TrainConfig
+from dfusion_bench.rl.config import OptimSettings, TrainConfig
 from dfusion_bench.rl.lora import add_lora, lora_state
 from dfusion_bench.rl.methods import METHODS, Examples, Method, Policy
 from dfusion_bench.runinfo import write_run_info
@@ -61,6 +61,13 @@ def _digest(state: dict[str, torch.Tensor]) -> str:
         h.update(name.encode())
         h.update(state[name].float().numpy().tobytes())
     return h.hexdigest()
+
+
+def trained_steps(n_steps: int, optim: OptimSettings) -> tuple[int, int]:
+    """(steps eligible for training, steps trained per example): the first ``n_steps - exclude_last_steps``
+    denoising steps are eligible, and ``timestep_fraction`` of them (at least one) are drawn per minibatch."""
+    eligible = n_steps - optim.exclude_last_steps
+    return eligible, max(1, round(optim.timestep_fraction * eligible))
 
 
 class Trainer:
@@ -170,8 +177,8 @@ class Trainer:
             return float("nan")
         self.unet.train()
         losses = []
-        k = max(1, round(cfg.optim.timestep_fraction * n_steps))
-        weight = (n_steps / k) if self.method.sum_over_steps else 1.0 / k
+        eligible, k = trained_steps(n_steps, cfg.optim)
+        weight = (eligible / k) if self.method.sum_over_steps else 1.0 / k
         world, rank = self.dist.world, self.dist.rank
         per_step = n if self.method.one_update_per_epoch else cfg.optim.batch_size
         n_updates = cfg.optim.inner_epochs * -(-n // per_step)
@@ -181,7 +188,7 @@ class Trainer:
             order = rng.permutation(n)
             for start in range(0, n, per_step):
                 batch = order[start : start + per_step].tolist()
-                steps = np.sort(rng.choice(n_steps, size=k, replace=False)) if k < n_steps else np.arange(n_steps)
+                steps = np.sort(rng.choice(eligible, size=k, replace=False)) if k < eligible else np.arange(eligible)
                 local = batch[rank::world]
                 micro = cfg.optim.batch_size
                 n_chunks = math.ceil(math.ceil(len(batch) / world) / micro)  # chunks of the largest process share
