@@ -21,6 +21,8 @@ for run in sorted(p for p in Path(__file__).parent.iterdir() if (p / "metrics.js
             "run": run.name,
             "epochs": config["epochs"],
             "lr": config["optim"]["lr"],
+            "kl": config["pg"]["kl_weight"],
+            "excl": config["optim"].get("exclude_last_steps", 0),  # --exclude-last-steps (absent in older runs: 0)
             "n": test.n,
             "epoch 0": pairs["score_0"].mean(),
             "final": pairs["score_1"].mean(),
