@@ -41,6 +41,11 @@ GRID_CONFIG = [
     # `dfusion world study` on the train prompts: the 8x8 maps (the latent/4 rule's nearest grid) barely localise
     # objects (IoU 0.08 with the verifier's masks), the 16x16 maps do (0.33, auto threshold); fusion gain 7% -> 17%
     "--mask-resolution", "16",
+    # Leave the last 3 of the 20 denoising steps out of every update, in every arm (the papers train all of them).
+    # A fused target's transitions there lie furthest off the policy (results/fuse-drift: steps 17-19); trained on,
+    # they collapse pg + fusion (results/grid: -0.236 / -0.148 / -0.168) and DPOK's KL does not stop it; without
+    # them no arm falls (results/budget-probe, results/grid-x3). `--extra --exclude-last-steps 0` is the papers'.
+    "--exclude-last-steps", "3",
 ]  # fmt: skip
 
 
@@ -58,15 +63,44 @@ def is_complete(run: Path, epochs: int) -> bool:
     return pointer.is_file() and json.loads(pointer.read_text()).get("epoch") == epochs
 
 
-def is_exported(dest: Path, epochs: int) -> bool:
-    """Whether ``dest`` holds an exported run (:func:`export_run`) of the current :data:`GRID_CONFIG` that reached
-    ``epochs``: such a cell is done even where its run folder (with the checkpoints) is gone, e.g. in a fresh clone
-    that holds the committed results. A run exported under another prompt or sample count is not."""
+def grid_options(extra: list[str] | tuple[str, ...] = ()) -> dict[str, str]:
+    """The ``dfusion train`` options a grid run gets, ``{"exclude_last_steps": "3", ...}``: :data:`GRID_CONFIG`, then
+    ``extra``, the later value winning as on the command line. Flags without a value are left out."""
+    tokens, options = [*GRID_CONFIG, *extra], {}
+    for i, token in enumerate(tokens):
+        value = tokens[i + 1] if i + 1 < len(tokens) else None
+        if token.startswith("--") and value is not None and not value.startswith("--"):
+            options[token[2:].replace("-", "_")] = value
+    return options
+
+
+def _agrees(stored: object, given: str) -> bool:
+    if isinstance(stored, bool):  # a flag's value is not compared
+        return True
+    if isinstance(stored, int | float):
+        try:
+            return float(given) == float(stored)
+        except ValueError:
+            return False
+    if isinstance(stored, list | tuple):
+        return ",".join(map(str, stored)) == given
+    return str(stored) == given
+
+
+def is_exported(dest: Path, epochs: int, extra: list[str] | tuple[str, ...] = ()) -> bool:
+    """Whether ``dest`` holds an exported run (:func:`export_run`) that reached ``epochs`` under the options this grid
+    passes (:func:`grid_options`): such a cell is done even where its run folder (with the checkpoints) is gone, e.g.
+    in a fresh clone that holds the committed results. A run exported under any other value of them (another sample
+    count, the first model's grid, all steps trained) is not."""
+    from dfusion_bench.cli.train import OPTION_PATHS, flat_config
+    from dfusion_bench.rl.config import TrainConfig
+
     if not all((dest / name).is_file() for name in EXPORTED_FILES):
         return False
-    config = json.loads((dest / "config.json").read_text())
-    for key in ("prompts", "samples_per_prompt"):
-        if str(config.get(key)) != grid_value("--" + key.replace("_", "-")):
+    stored = flat_config(TrainConfig.load(dest / "config.json").to_dict())  # fields it lacks: their defaults
+    for option, value in grid_options(extra).items():
+        paths = [p for p in OPTION_PATHS.get(option, (option,)) if p in stored]
+        if option != "epochs" and not all(_agrees(stored[p], value) for p in paths):
             return False
     rows = (dest / "metrics.jsonl").read_text().splitlines()
     return any(json.loads(line).get("epoch") == epochs for line in rows if line.strip())
@@ -207,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def exported(cell: tuple) -> Path | None:
         dest = args.export / run_dir(args.out, *cell).name if args.export is not None else None
-        return dest if dest is not None and is_exported(dest, epochs) else None
+        return dest if dest is not None and is_exported(dest, epochs, args.extra) else None
 
     todo = [c for c in cells if not (is_complete(run_dir(args.out, *c), epochs) or exported(c))]
     console.print(f"{len(cells)} runs, {len(cells) - len(todo)} complete, {len(todo)} to do, {args.jobs} at a time")

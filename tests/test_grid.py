@@ -43,7 +43,32 @@ def test_export_keeps_logs_first_and_last_eval_and_final_adapters_only(tmp_path:
     assert sorted(p.name for p in dest.parent.iterdir()) == ["run"]
 
 
-def test_an_exported_run_counts_as_done_only_at_its_final_epoch_and_budget(tmp_path: Path) -> None:
+def _grid_config(**changes: object) -> str:
+    """A config.json as a grid run writes it: the defaults with every grid option set, then ``changes`` (dotted)."""
+    import json
+
+    from dfusion_bench.cli.train import OPTION_PATHS
+    from dfusion_bench.grid import grid_options
+    from dfusion_bench.rl.config import TrainConfig
+
+    tree = TrainConfig().to_dict()
+
+    def put(path: str, value: object) -> None:
+        *parents, leaf = path.split(".")
+        node = tree
+        for key in parents:
+            node = node[key]
+        node[leaf] = json.loads(value) if isinstance(value, str) else value  # the grid's values are numbers
+
+    for option, value in grid_options().items():
+        for path in OPTION_PATHS.get(option, (option,)):
+            put(path, value)
+    for path, value in changes.items():
+        put(path, value)
+    return json.dumps(tree)
+
+
+def test_an_exported_run_counts_as_done_only_at_its_final_epoch_and_options(tmp_path: Path) -> None:
     import json
 
     from dfusion_bench.grid import is_exported
@@ -53,14 +78,23 @@ def test_an_exported_run_counts_as_done_only_at_its_final_epoch_and_budget(tmp_p
     for name in EXPORTED_FILES:
         (dest / name).parent.mkdir(parents=True, exist_ok=True)
         (dest / name).write_text("{}\n")
-    (dest / "config.json").write_text(json.dumps({"prompts": 8, "samples_per_prompt": 8}))
+    (dest / "config.json").write_text(_grid_config(epochs=4))
     rows = [{"epoch": e, "split": s} for e in (0, 4) for s in ("train", "test")]
     (dest / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert not is_exported(dest, 8)
     assert is_exported(dest, 4)
-    (dest / "config.json").write_text(json.dumps({"prompts": 4, "samples_per_prompt": 16}))  # the first model's grid
+    (dest / "config.json").write_text(_grid_config(prompts=4, samples_per_prompt=16))  # the first model's grid
     assert not is_exported(dest, 4)
-    (dest / "config.json").write_text(json.dumps({"prompts": 8, "samples_per_prompt": 8}))
+    # the papers' setting (every step trained) is another grid, done only where the grid asks for it
+    old = json.loads(_grid_config())
+    del old["optim"]["exclude_last_steps"]  # a config written before the option existed: all steps trained
+    (dest / "config.json").write_text(json.dumps(old))
+    assert not is_exported(dest, 4)
+    assert is_exported(dest, 4, ["--exclude-last-steps", "0"])
+    assert not is_exported(dest, 4, ["--exclude-last-steps", "0", "--lr", "1e-3"])
+    (dest / "config.json").write_text(_grid_config(**{"optim.lr": 1e-3}))
+    assert is_exported(dest, 4, ["--lr", "0.001"])  # values compare as numbers, not as text
+    (dest / "config.json").write_text(_grid_config())
     (dest / "run.json").unlink()
     assert not is_exported(dest, 4)
 
@@ -71,7 +105,7 @@ def _exported_run(dest: Path, epochs: int) -> None:
     for name in EXPORTED_FILES:
         (dest / name).parent.mkdir(parents=True, exist_ok=True)
         (dest / name).write_text("{}\n")
-    (dest / "config.json").write_text(json.dumps({"prompts": 8, "samples_per_prompt": 8}))
+    (dest / "config.json").write_text(_grid_config())
     (dest / "metrics.jsonl").write_text(json.dumps({"epoch": epochs, "split": "train"}) + "\n")
 
 

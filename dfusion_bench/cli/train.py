@@ -46,12 +46,12 @@ OPTION_PATHS: dict[str, tuple[str, ...]] = {
 }
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
+def flat_config(tree: dict, prefix: str = "") -> dict:
     """``{"optim": {"lr": 1}}`` -> ``{"optim.lr": 1}`` (lists as tuples, so stored and fresh values compare)."""
     out = {}
     for key, value in tree.items():
         if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
+            out.update(flat_config(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value
     return out
@@ -166,7 +166,7 @@ def train(
             raise UserError(f"--resume: {out} holds no run (no config.json); start it without --resume")
         explicit = _explicit(ctx)
         given = explicit - {"resume", "out", "device", "dtype", "overwrite", "epochs"}
-        mine, theirs = _flat(config.to_dict()), _flat(stored.to_dict())
+        mine, theirs = flat_config(config.to_dict()), flat_config(stored.to_dict())
         clash = sorted(o for o in given if any(mine[p] != theirs.get(p) for p in OPTION_PATHS.get(o, (o,))))
         if clash:
             raise UserError(f"--resume: --{clash[0].replace('_', '-')} differs from the run's config.json; drop it")

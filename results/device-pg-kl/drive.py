@@ -20,6 +20,7 @@ root.mkdir(parents=True, exist_ok=True)
 out.mkdir(parents=True, exist_ok=True)
 env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 override = ["--eval-every", "4", "--eval-samples-per-prompt", "48", "--eval-splits", "train"]
+override += ["--exclude-last-steps", "0"]  # every step trained, as the grid did then (GRID_CONFIG now leaves 3 out)
 procs, start = [], time.time()
 for cell in sys.argv[3:]:
     method, fusion, suite, kl = cell.split(":")
