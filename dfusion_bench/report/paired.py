@@ -24,7 +24,6 @@ from dfusion_bench.report.frames import CONFIG_COLUMNS, METRIC_NAMES, METRICS
 from dfusion_bench.report.table_io import fmt, fmt_ci, fmt_p, key_cells
 from dfusion_bench.rl.config import METHODS
 
-IMAGE_TEST = "Wilcoxon signed-rank over images"
 PAIR_KEYS = ["prompt_index", "prompt", "seed"]
 SAMPLE_METRICS = {"score": "mean_score", "aligned": "aligned_rate"}  # samples.csv column -> metric name
 
@@ -98,7 +97,8 @@ def paired_table(evals: Sequence[Evaluation]) -> pd.DataFrame:
                 both = pairs[[column, f"{column}_base"]].apply(pd.to_numeric, errors="coerce").dropna()
                 if both.empty:
                     continue
-                test = stats.wilcoxon(both[column].to_numpy(float), both[f"{column}_base"].to_numpy(float))
+                model, base_values = (both[c].to_numpy(float) for c in (column, f"{column}_base"))
+                test = stats.wilcoxon(model, base_values, stats.IMAGE_TEST)
                 rows.append(
                     {
                         "template": str(s.get("template") or ""),
@@ -114,7 +114,7 @@ def paired_table(evals: Sequence[Evaluation]) -> pd.DataFrame:
                         "model_value": float(both[column].mean()),
                         "difference": test.mean_difference,
                         "difference_ci95": test.half_width,
-                        "test": IMAGE_TEST,
+                        "test": test.test,
                         "n": test.n,
                         "p_value": test.p_value,
                         "folder": str(ev.path),

@@ -20,6 +20,7 @@ from scipy import stats
 LEVEL = 0.95
 SEED_TEST = "paired t-test over seeds"
 PROMPT_TEST = "Wilcoxon signed-rank over prompts"
+IMAGE_TEST = "Wilcoxon signed-rank over images"
 NO_TEST = "none"
 
 
@@ -75,8 +76,9 @@ def paired_t(with_values: Sequence[float], without_values: Sequence[float]) -> P
     return PairedTest(ci.mean, ci.half_width, p, SEED_TEST, int(a.size))
 
 
-def wilcoxon(with_values: Sequence[float], without_values: Sequence[float]) -> PairedTest:
-    """Two-sided Wilcoxon signed-rank test (``scipy.stats.wilcoxon``); NaN p-value when every difference is zero."""
+def wilcoxon(with_values: Sequence[float], without_values: Sequence[float], label: str = PROMPT_TEST) -> PairedTest:
+    """Two-sided Wilcoxon signed-rank test (``scipy.stats.wilcoxon``); NaN p-value when every difference is zero.
+    ``label`` names the pairs in the result (:data:`PROMPT_TEST`, :data:`IMAGE_TEST`)."""
     a, b = _finite_pairs(with_values, without_values)
     ci = mean_ci(a - b)
     p = float("nan")
@@ -84,7 +86,7 @@ def wilcoxon(with_values: Sequence[float], without_values: Sequence[float]) -> P
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # scipy's small-sample notes; the n is in the table
             p = float(stats.wilcoxon(a, b).pvalue)
-    return PairedTest(ci.mean, ci.half_width, p, PROMPT_TEST, int(a.size))
+    return PairedTest(ci.mean, ci.half_width, p, label, int(a.size))
 
 
 def _finite_pairs(a: Sequence[float], b: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from dfusion_bench.report.stats import wilcoxon
+from dfusion_bench.report.stats import IMAGE_TEST, wilcoxon
 
 rows = []
 for run in sorted(p for p in Path(__file__).parent.iterdir() if (p / "metrics.jsonl").is_file()):
     evals = sorted((run / "eval").glob("epoch-*"))
     first, last = (pd.read_csv(e / "train.csv") for e in (evals[0], evals[-1]))
     pairs = first.merge(last, on=["prompt_index", "prompt", "seed"], suffixes=("_0", "_1"))
-    test = wilcoxon(pairs["score_1"].to_numpy(float), pairs["score_0"].to_numpy(float))
+    test = wilcoxon(pairs["score_1"].to_numpy(float), pairs["score_0"].to_numpy(float), IMAGE_TEST)
     config = json.loads((run / "config.json").read_text())
     wall = [json.loads(line)["wall_time_s"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     rows.append(
