@@ -1,6 +1,7 @@
 #!/bin/bash
-# Budget probe: the grid's configuration (GRID_CONFIG) for more epochs, evaluated only at epoch 0 and at the end,
-# on the train split, with 48 fixed seeds per prompt (384 images; the grid's own runs use the first 8 of them).
+# Budget probe: the grid's configuration for more epochs (GRID_CONFIG as it was for these runs: every denoising step
+# trained unless the options add --exclude-last-steps, which GRID_CONFIG now does), evaluated only at epoch 0 and at
+# the end, on the train split, with 48 fixed seeds per prompt (384 images; the grid's own runs use the first 8 of them).
 # usage: results/budget-probe/run.sh METHOD fusion|no-fusion SUITE EPOCHS [TAG [MORE TRAIN OPTIONS...]]
 # e.g.   results/budget-probe/run.sh ddpo no-fusion shapes-spatial 24
 # then:  python -m dfusion_bench.grid's export_run copies the run here (see README.md in this folder).
