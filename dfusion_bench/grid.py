@@ -65,18 +65,24 @@ def is_complete(run: Path, epochs: int) -> bool:
 
 def grid_options(extra: list[str] | tuple[str, ...] = ()) -> dict[str, str]:
     """The ``dfusion train`` options a grid run gets, ``{"exclude_last_steps": "3", ...}``: :data:`GRID_CONFIG`, then
-    ``extra``, the later value winning as on the command line. Flags without a value are left out."""
+    ``extra``, the later value winning as on the command line. A flag without a value reads ``"true"``, its
+    ``--no-`` form ``"false"`` (``--no-dpo-require-win`` -> ``{"dpo_require_win": "false"}``)."""
     tokens, options = [*GRID_CONFIG, *extra], {}
     for i, token in enumerate(tokens):
+        if not token.startswith("--"):
+            continue
         value = tokens[i + 1] if i + 1 < len(tokens) else None
-        if token.startswith("--") and value is not None and not value.startswith("--"):
-            options[token[2:].replace("-", "_")] = value
+        name = token[2:].replace("-", "_")
+        if value is not None and not value.startswith("--"):
+            options[name] = value
+        else:
+            options[name.removeprefix("no_")] = "false" if name.startswith("no_") else "true"
     return options
 
 
 def _agrees(stored: object, given: str) -> bool:
-    if isinstance(stored, bool):  # a flag's value is not compared
-        return True
+    if isinstance(stored, bool):
+        return given == str(stored).lower()
     if isinstance(stored, int | float):
         try:
             return float(given) == float(stored)

@@ -94,6 +94,8 @@ def test_an_exported_run_counts_as_done_only_at_its_final_epoch_and_options(tmp_
     assert not is_exported(dest, 4, ["--exclude-last-steps", "0", "--lr", "1e-3"])
     (dest / "config.json").write_text(_grid_config(**{"optim.lr": 1e-3}))
     assert is_exported(dest, 4, ["--lr", "0.001"])  # values compare as numbers, not as text
+    assert is_exported(dest, 4, ["--dpo-require-win", "--lr", "0.001"])  # a flag: the default, true
+    assert not is_exported(dest, 4, ["--no-dpo-require-win", "--lr", "0.001"])
     (dest / "config.json").write_text(_grid_config())
     (dest / "run.json").unlink()
     assert not is_exported(dest, 4)
