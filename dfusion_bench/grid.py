@@ -50,8 +50,8 @@ GRID_CONFIG = [
 
 
 def grid_value(option: str) -> str:
-    """The value :data:`GRID_CONFIG` gives ``option`` (e.g. ``"--epochs"``)."""
-    return GRID_CONFIG[GRID_CONFIG.index(option) + 1]
+    """The value :data:`GRID_CONFIG` gives ``option`` (e.g. ``"--epochs"``), as :func:`grid_options` reads it."""
+    return grid_options()[option.removeprefix("--").replace("-", "_")]
 
 
 def run_dir(root: Path, method: str, fusion: bool, suite: str, seed: int) -> Path:
