@@ -49,9 +49,10 @@ GRID_CONFIG = [
 ]  # fmt: skip
 
 
-def grid_value(option: str) -> str:
-    """The value :data:`GRID_CONFIG` gives ``option`` (e.g. ``"--epochs"``), as :func:`grid_options` reads it."""
-    return grid_options()[option.removeprefix("--").replace("-", "_")]
+def grid_value(option: str, extra: list[str] | tuple[str, ...] = ()) -> str:
+    """The value a grid run gets for ``option`` (e.g. ``"--epochs"``), one that :data:`GRID_CONFIG` names: its own,
+    or ``extra``'s where that names the option too, as :func:`grid_options` reads them."""
+    return grid_options(extra)[option.removeprefix("--").replace("-", "_")]
 
 
 def run_dir(root: Path, method: str, fusion: bool, suite: str, seed: int) -> Path:
@@ -176,14 +177,16 @@ def has_final_eval(folder: Path, images: int, epoch: int | None) -> bool:
 
 def final_eval_command(out: Path, suite: str, split: str, seeds: int, run: Path | None, extra: list[str]) -> list[str]:
     """``dfusion eval`` of ``run``'s final checkpoint, or of the base model (the grid's ``--model`` if ``extra`` names
-    one), on the grid's prompts of ``split`` with ``seeds`` fixed seeds each (the runs' own evaluations use the first
-    of these seeds), so that the report pairs every final policy with the base image by image."""
+    one), on the grid's prompts of ``split`` (``--prompts`` and ``--epochs`` as ``extra`` leaves them) with ``seeds``
+    fixed seeds each (the runs' own evaluations use the first of these seeds), so that the report pairs every final
+    policy with the base image by image."""
     if run is not None:
-        source = ["--run", str(run), "--epoch", grid_value("--epochs")]
+        source = ["--run", str(run), "--epoch", grid_value("--epochs", extra)]
     else:
-        source = ["--model", extra[extra.index("--model") + 1]] if "--model" in extra else []
+        model = grid_options(extra).get("model")
+        source = ["--model", model] if model is not None else []
     return [sys.executable, "-m", "dfusion_bench", "eval", *source, "--template", suite, "--split", split,
-            "--prompts", grid_value("--prompts"), "--samples-per-prompt", str(seeds), "--out", str(out),
+            "--prompts", grid_value("--prompts", extra), "--samples-per-prompt", str(seeds), "--out", str(out),
             "--device", "cpu", "--no-grid", "--overwrite"]  # fmt: skip
 
 
@@ -242,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more `dfusion train` options")
     args = parser.parse_args(argv)
     console = Console()
-    epochs = int(grid_value("--epochs"))
+    epochs = int(grid_value("--epochs", args.extra))
     cells = [(m, f, s, seed) for seed in args.seeds for s in args.suites for m in args.methods for f in (False, True)]
 
     def exported(cell: tuple) -> Path | None:
@@ -288,7 +291,7 @@ def final_eval_jobs(
     args: argparse.Namespace, cells: list[tuple], root: Path, epochs: int, exported: Callable[[tuple], Path | None]
 ) -> list[tuple[str, list[str], Callable[[], None]]]:
     """The final evaluations still missing: the base model once per suite and split, and every finished run."""
-    images = int(grid_value("--prompts")) * args.final_eval
+    images = int(grid_value("--prompts", args.extra)) * args.final_eval
     jobs = []
     for split in args.final_eval_splits:
         for suite in args.suites:

@@ -122,7 +122,14 @@ def _final_eval(folder: Path, n: int, epoch: int | None) -> None:
 def test_final_evaluations_cover_the_base_and_every_finished_run_once(tmp_path: Path) -> None:
     import argparse
 
-    from dfusion_bench.grid import final_eval_dir, final_eval_jobs, grid_value, is_exported, run_dir
+    from dfusion_bench.grid import (
+        final_eval_command,
+        final_eval_dir,
+        final_eval_jobs,
+        grid_value,
+        is_exported,
+        run_dir,
+    )
 
     epochs, export = int(grid_value("--epochs")), tmp_path / "results"
     cells = [("dpo", fusion, "shapes-objects", 0) for fusion in (False, True)]
@@ -156,3 +163,11 @@ def test_final_evaluations_cover_the_base_and_every_finished_run_once(tmp_path: 
     args.extra = ["--model", "some/pipeline"]
     (base_cmd,) = [cmd for name, cmd, _ in final_eval_jobs(args, cells, tmp_path / "other", epochs, exported)][:1]
     assert base_cmd[base_cmd.index("--model") + 1] == "some/pipeline"
+    # --prompts and --epochs given in --extra win over GRID_CONFIG's, as they do for the training runs: the finished
+    # base evaluation (of GRID_CONFIG's prompt count) is the wrong size, and runs are evaluated at the extra's epoch
+    args.extra = ["--prompts", "3", "--epochs", "2"]
+    assert [name for name, _, _ in final_eval_jobs(args, cells, export, epochs, exported)][:1] == [
+        "shapes-objects-base-train"
+    ]
+    cmd = final_eval_command(tmp_path / "e", "shapes-objects", "train", 48, export / "run", args.extra)
+    assert (cmd[cmd.index("--prompts") + 1], cmd[cmd.index("--epoch") + 1]) == ("3", "2")
