@@ -8,7 +8,7 @@ import pytest
 
 from dfusion_bench.cli import main
 from dfusion_bench.report.collect import collect
-from dfusion_bench.report.paired import paired_table
+from dfusion_bench.report.paired import paired_tables
 
 FUSE = [
     "fuse",
@@ -131,10 +131,11 @@ def test_eval_rows_have_the_same_shape_for_a_run_and_a_model(tmp_path, tiny_dir)
     assert summary["source"]["epoch"] == 1 and summary["method"] == "pg" and "compressibility" in summary["scorers"]
     assert summary["sampler"] == json.loads((tmp_path / "b" / "summary.json").read_text())["sampler"]
     # the report pairs the trained policy's images with the base model's, seed by seed
-    paired = paired_table(collect([tmp_path / "a", tmp_path / "b"]).evals)
+    paired, facts = paired_tables(collect([tmp_path / "a", tmp_path / "b"]).evals)
     row = paired[paired["metric"] == "mean_score"].iloc[0]
     assert row["n"] == 4 and row["model"] == "pg"
     assert row["difference"] == pytest.approx(a.score.mean() - b.score.mean(), abs=1e-12)
+    assert facts.empty  # compressibility checks no facts
 
 
 def test_eval_refuses_run_and_model_together(capsys, tmp_path, tiny_dir) -> None:

@@ -21,7 +21,7 @@ from dfusion_bench.errors import UserError
 from dfusion_bench.report import build_report, load_report_tables, stats
 from dfusion_bench.report import curves as curves_mod
 from dfusion_bench.report.collect import ReportWarning, collect
-from dfusion_bench.report.paired import paired_table
+from dfusion_bench.report.paired import paired_tables
 from dfusion_bench.report.rise import rise_table
 from dfusion_bench.report.table_io import to_latex, to_markdown
 from dfusion_bench.report.tables import final_table, gain_table
@@ -156,8 +156,30 @@ def test_paired_table_needs_a_base_of_the_same_weights(tmp_path: Path) -> None:
     fx.write_eval(tmp_path / "model", run="r")
     fx.write_eval(tmp_path / "base", base=True, weights="other")
     with pytest.warns(ReportWarning, match="no base-model evaluation shares"):
-        frame = paired_table(collect([tmp_path]).evals)
-    assert frame.empty
+        frame, facts = paired_tables(collect([tmp_path]).evals)
+    assert frame.empty and facts.empty
+
+
+def test_facts_table_pairs_each_boolean_fact(tables: dict[str, pd.DataFrame], tmp_path: Path) -> None:
+    # the fixture: only the first image of each prompt names its facts ({"items": [...], "ok": true} on both sides)
+    (row,) = [r for _, r in tables["facts"].iterrows()]  # "items" is a list, not a fact; clip has no facts
+    assert (row["metric"], row["scorer"], row["n"]) == ("ok", "verifier", len(fx.PROMPTS))
+    assert (row["base"], row["model_value"], row["difference"]) == (1.0, 1.0, 0.0)
+    # a fact that training changed: "relation" holds in every model image, in 8 of the base's first 11 (its 12th
+    # image, unreadable on both sides, drops out)
+    model, base = fx.write_eval(tmp_path / "model", run="r"), fx.write_eval(tmp_path / "base", base=True)
+    for folder, held in ((model, [True] * 12), (base, [True] * 8 + [False] * 4)):
+        samples = pd.read_csv(folder / "samples.csv")
+        verifier = samples["scorer"] == "verifier"
+        facts = [json.dumps({"object0": True, "relation": h}) for h in held]
+        samples["facts"] = samples["facts"].astype(object)
+        samples.loc[verifier, "facts"] = facts[:-1] + ["not json"]  # an unreadable row is left out, not counted
+        samples.to_csv(folder / "samples.csv", index=False)
+    paired, facts = paired_tables(collect([tmp_path]).evals)
+    assert list(facts["metric"]) == ["object0", "relation"] and set(paired["metric"]) == {"mean_score", "aligned_rate"}
+    relation = _row(facts, metric="relation")
+    assert (relation["base"], relation["model_value"], relation["n"]) == pytest.approx((8 / 11, 1.0, 11))
+    assert relation["difference"] == pytest.approx(3 / 11) and relation["p_value"] == pytest.approx(2 / 2**3)
 
 
 def test_overview_pivots_the_final_table(tables: dict[str, pd.DataFrame]) -> None:
@@ -187,7 +209,7 @@ def test_report_writes_curves_tables_and_index(built: dict[str, Path]) -> None:
             svg = (out / "curves" / f"{fx.TEMPLATE}_{split}_{metric}.svg").read_text()
             assert "<svg" in svg and "dpo + D-Fusion" in svg  # text kept as text: small, searchable
             assert png.stat().st_size < 200_000
-    for name in ("final", "fusion_gain", "paired", "training", "runs", "evals", "fuse", "curves"):
+    for name in ("final", "fusion_gain", "paired", "facts", "training", "runs", "evals", "fuse", "curves"):
         for ext in ("csv", "parquet", "md", "tex"):
             assert (out / "tables" / f"{name}.{ext}").stat().st_size > 0, f"{name}.{ext}"
     md = (out / "tables" / "final.md").read_text()
@@ -258,7 +280,19 @@ def test_load_report_tables_round_trips(built: dict[str, Path], tables: dict[str
     pd.testing.assert_frame_equal(tables["final"], final_table(runs))
     pd.testing.assert_frame_equal(tables["fusion_gain"], gain_table(runs))
     pd.testing.assert_frame_equal(tables["rise"], rise_table(runs))
-    expected = {"final", "overview", "rise", "fusion_gain", "paired", "training", "runs", "evals", "fuse", "curves"}
+    expected = {
+        "final",
+        "overview",
+        "rise",
+        "fusion_gain",
+        "paired",
+        "facts",
+        "training",
+        "runs",
+        "evals",
+        "fuse",
+        "curves",
+    }
     assert set(tables) == expected
     csv = pd.read_csv(built["out"] / "tables" / "fusion_gain.csv")
     assert csv["p_value"].tolist() == pytest.approx(tables["fusion_gain"]["p_value"].tolist(), nan_ok=True)

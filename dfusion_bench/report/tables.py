@@ -9,6 +9,7 @@ Tables:
 * ``rise``         (final) - (base model) per configuration and metric, with a paired test (:mod:`.rise`);
 * ``fusion_gain``  (with D-Fusion) - (without) per template x scorer x split x method x metric, with a paired test;
 * ``paired``       ``dfusion eval`` folders of trained models against the base model's, image by image (:mod:`.paired`);
+* ``facts``        the same pairs, one row per fact the scorer checks (the verifier's objects, relation, count);
 * ``runs``         one row per run folder read;
 * ``training``     per configuration: mean over seeds of the training log (loss, target-beats-base, seconds/epoch);
 * ``evals``        one row per eval folder x scorer;
@@ -28,7 +29,7 @@ from dfusion_bench.report import stats
 from dfusion_bench.report.bookkeeping import evals_table, fuse_table, training_table
 from dfusion_bench.report.collect import Evaluation, Fuse, Run, method_label, warn
 from dfusion_bench.report.frames import CONFIG_COLUMNS, METRIC_NAMES, METRICS, metrics_frame, prompt_test, runs_frame
-from dfusion_bench.report.paired import display_paired, paired_table
+from dfusion_bench.report.paired import display_paired, paired_tables
 from dfusion_bench.report.rise import display_rise, rise_table
 from dfusion_bench.report.table_io import Table, display_numbers, fmt, fmt_ci, fmt_p, key_cells
 from dfusion_bench.rl.config import METHODS
@@ -347,7 +348,7 @@ def build_tables(
             gain,
             display_gain(gain),
         )
-    paired = paired_table(evals)
+    paired, facts = paired_tables(evals)
     add(
         "paired",
         "Against the base model, image by image",
@@ -355,6 +356,14 @@ def build_tables(
         "initial noise); p from a two-sided Wilcoxon signed-rank test over the image pairs.",
         paired,
         display_paired(paired),
+    )
+    add(
+        "facts",
+        "Facts against the base model, image by image",
+        "The same pairs, one row per fact the scorer checks (the verifier's objects, relation and count): the rate "
+        "at which it holds. Which facts training changed; p as above.",
+        facts,
+        display_paired(facts, metric_header="Fact"),
     )
     if runs:
         training = training_table(runs)
