@@ -5,7 +5,9 @@ differences of a point or two. ``dfusion eval --run RUN --samples-per-prompt 48`
 more fixed seeds, and ``dfusion eval --model BASE`` the base model on the same ones. Because evaluation seeds are fixed
 per (prompt, k), the two folders hold the same prompts with the same initial noise, so each trained-model image has
 a base-model twin. This table pairs them on (prompt_index, prompt, seed) and tests the per-image differences with a
-two-sided Wilcoxon signed-rank test (zero differences dropped, scipy's default).
+two-sided Wilcoxon signed-rank test (zero differences dropped, scipy's default). The ``facts`` table does the same
+for each fact the scorer records per image (the verifier's ``object<i>``, ``relation``, ``count``): which of them
+training changed.
 
 A trained model's evaluation is paired with the base evaluation of the same template, split and scorer, from the same
 base weights (``model_digest`` in ``run.json``) and sampler, that shares the most images with it. Where base
