@@ -8,7 +8,6 @@ knows full alignment).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,7 +65,6 @@ def evaluate(
             "n": len(scores),
         }
         for j in range(len(traj)):
-            facts = scores.details[j].get("facts") if scores.details else None
             rows.append(
                 {
                     "prompt_index": int(prompt_index[j]),
@@ -75,7 +73,7 @@ def evaluate(
                     "scorer": scorer.name,
                     "score": float(scores.scores[j]),
                     "aligned": None if scores.aligned is None else bool(scores.aligned[j]),
-                    "facts": json.dumps(facts) if facts is not None else "",
+                    "facts": scores.facts_json(j),
                 }
             )
     return EvalResult(pd.DataFrame(rows), summary, traj.images, per_prompt)

@@ -4,8 +4,8 @@ Layout::
 
     run.json                  resolved configuration, package versions, seeds, command line
     manifest.json             counts, fusion plan, UNet-evaluation figures, one record per triple
-    samples.csv               one row per sample: id, prompt, seed, score, aligned, rank, role
-    triples.csv               one row per triple: reference, base, target ids and scores
+    samples.csv               one row per sample: id, prompt, seed, score, aligned, facts, rank, role
+    triples.csv               one row per triple: reference, base, target ids, scores and facts
     samples.safetensors       every sample's trajectory (latents x_T..x_0, timesteps, log-probs, image)
     targets.safetensors       every target's trajectory; log-probs under the unmodified policy
     masks.safetensors         per-step union masks (G, T, h, w) and item maps (G, T, items, h, w)
@@ -52,6 +52,7 @@ def samples_table(pairs: Pairs) -> pd.DataFrame:
             "seed": s.trajectories.seeds,
             "score": s.scores.scores,
             "aligned": s.scores.aligned if s.scores.aligned is not None else [None] * len(prompt_index),
+            "facts": [s.scores.facts_json(i) for i in range(len(s.trajectories))],
             "rank": ranks,
             "role": roles,
         }
@@ -59,17 +60,21 @@ def samples_table(pairs: Pairs) -> pd.DataFrame:
 
 
 def triples_table(pairs: Pairs) -> pd.DataFrame:
-    scores = pairs.samples.scores.scores
+    scores = pairs.samples.scores
     rows: dict[str, list[Any]] = {
         "triple": list(range(len(pairs.triples))),
         "prompt": [pairs.samples.trajectories.prompts[t.base] for t in pairs.triples],
         "reference": [t.reference for t in pairs.triples],
         "base": [t.base for t in pairs.triples],
-        "reference_score": [float(scores[t.reference]) for t in pairs.triples],
-        "base_score": [float(scores[t.base]) for t in pairs.triples],
+        "reference_score": [float(scores.scores[t.reference]) for t in pairs.triples],
+        "base_score": [float(scores.scores[t.base]) for t in pairs.triples],
     }
     if pairs.target_scores is not None:
         rows["target_score"] = [float(x) for x in pairs.target_scores.scores]
+    rows["reference_facts"] = [scores.facts_json(t.reference) for t in pairs.triples]
+    rows["base_facts"] = [scores.facts_json(t.base) for t in pairs.triples]
+    if pairs.target_scores is not None:
+        rows["target_facts"] = [pairs.target_scores.facts_json(g) for g in range(len(pairs.triples))]
     return pd.DataFrame(rows)
 
 
@@ -135,6 +140,7 @@ def write(out: Path, pairs: Pairs, extra_manifest: dict[str, Any]) -> dict[str, 
             manifest["target_beats_base_rate"] = float((t.target_score > t.base_score).mean())
             manifest["mean_gain_target_vs_base"] = float((t.target_score - t.base_score).mean())
             manifest["mean_gain_reference_vs_base"] = float((t.reference_score - t.base_score).mean())
+            manifest["fact_rates"] = pairs.fact_rates()
     _write_images(out, pairs)
     atomic.write_json(out / "manifest.json", manifest)
     return manifest

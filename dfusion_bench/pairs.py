@@ -49,6 +49,19 @@ class Pairs:
     target_scores: Scores | None = None
     timing: dict[str, float] = field(default_factory=dict)  # fusion_s (targets + policy log-probs), scoring_s
 
+    def fact_rates(self) -> dict[str, dict[str, float]]:
+        """Per role (reference, base, target), the fraction of the triples whose image holds each fact the scorer
+        checks: which facts fusion carried from the reference into the target, and which the target lost from its
+        base. Empty when the scorer checks no facts."""
+        scores = self.samples.scores
+        rates = {
+            "reference": scores.fact_rates([t.reference for t in self.triples]),
+            "base": scores.fact_rates([t.base for t in self.triples]),
+        }
+        if self.target_scores is not None:
+            rates["target"] = self.target_scores.fact_rates()
+        return rates if any(rates.values()) else {}
+
 
 def score_trajectories(scorer: Scorer, traj: Trajectories, batch_size: int = 64) -> Scores:
     """Score decoded images in batches."""

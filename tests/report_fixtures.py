@@ -258,6 +258,11 @@ def write_fuse(folder: Path, n_triples: int = 3) -> Path:
         "mean_gain_target_vs_base": 0.15,
         "mean_gain_reference_vs_base": 0.6,
         "unet_evals_per_target_step": 2.0,
+        "fact_rates": {
+            "reference": {"object0": 1.0, "count": 1.0},
+            "base": {"object0": 1 / 3, "count": 1.0},
+            "target": {"object0": 2 / 3, "count": 2 / 3},
+        },
     }
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
     info = {"command": "fuse", "config": {"template": TEMPLATE, "split": "train", "scorer": "verifier"}}

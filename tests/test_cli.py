@@ -93,6 +93,37 @@ def test_fuse_writes_a_loadable_folder(tmp_path, tiny_dir) -> None:
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left behind
 
 
+def test_fuse_tables_and_manifest_carry_each_roles_facts() -> None:
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from dfusion_bench import fuse_output
+    from dfusion_bench.fusion import Triple
+    from dfusion_bench.pairs import Pairs, ScoredSamples
+    from dfusion_bench.scorers import Scores
+
+    def scores(*held: tuple[bool, bool]) -> Scores:
+        details = [{"facts": {"object0": a, "object1": b}} for a, b in held]
+        return Scores(np.array([(a + b) / 2 for a, b in held], dtype=float), None, details)
+
+    # samples 0, 1 are references; 2, 3 bases; the first target gains object0, the second loses object1
+    samples = scores((True, True), (True, True), (False, True), (True, False))
+    traj = SimpleNamespace(prompts=["p"] * 4, seeds=[0, 1, 2, 3])
+    pairs = Pairs(ScoredSamples([], traj, samples, [[0, 1, 2, 3]]), [Triple(0, 2), Triple(1, 3)])
+    pairs.target_scores = scores((True, True), (True, False))
+    table = fuse_output.triples_table(pairs)
+    assert [json.loads(f)["object1"] for f in table.target_facts] == [True, False]
+    assert table.base_facts.tolist() == [samples.facts_json(2), samples.facts_json(3)]
+    assert pairs.fact_rates() == {
+        "reference": {"object0": 1.0, "object1": 1.0},
+        "base": {"object0": 0.5, "object1": 0.5},
+        "target": {"object0": 1.0, "object1": 0.5},
+    }
+    pairs.samples.scores, pairs.target_scores = Scores(np.zeros(4), None, [{}] * 4), Scores(np.zeros(2), None, [{}] * 2)
+    assert pairs.fact_rates() == {} and set(fuse_output.triples_table(pairs).target_facts) == {""}  # no facts
+
+
 def test_eval_rows_have_the_same_shape_for_a_run_and_a_model(tmp_path, tiny_dir) -> None:
     import pandas as pd
 

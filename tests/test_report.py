@@ -20,6 +20,7 @@ from dfusion_bench.cli.report import report
 from dfusion_bench.errors import UserError
 from dfusion_bench.report import build_report, load_report_tables, stats
 from dfusion_bench.report import curves as curves_mod
+from dfusion_bench.report.bookkeeping import fuse_facts_table
 from dfusion_bench.report.collect import ReportWarning, collect
 from dfusion_bench.report.paired import paired_tables
 from dfusion_bench.report.rise import rise_table
@@ -182,6 +183,21 @@ def test_facts_table_pairs_each_boolean_fact(tables: dict[str, pd.DataFrame], tm
     assert relation["difference"] == pytest.approx(3 / 11) and relation["p_value"] == pytest.approx(2 / 2**3)
 
 
+def test_fuse_facts_table_has_a_row_per_fact_of_folders_that_record_them(
+    tables: dict[str, pd.DataFrame], tmp_path: Path
+) -> None:
+    frame = tables["fuse_facts"]
+    assert list(frame["fact"]) == ["object0", "count"] and set(frame["n_triples"]) == {3}
+    object0 = _row(frame, fact="object0")
+    assert (object0["reference"], object0["base"], object0["target"]) == pytest.approx((1.0, 1 / 3, 2 / 3))
+    assert _row(frame, fact="count")["target_minus_base"] == pytest.approx(-1 / 3)
+    old = fx.write_fuse(tmp_path / "old")  # a fuse folder written before facts were recorded has no rows
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["fact_rates"]["target"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    assert fuse_facts_table(collect([old]).fuses).empty
+
+
 def test_overview_pivots_the_final_table(tables: dict[str, pd.DataFrame]) -> None:
     overview = tables["overview"]
     models = ["base (epoch 0)", "dpo", "dpo + D-Fusion", "ddpo", "ddpo + D-Fusion"]
@@ -209,7 +225,18 @@ def test_report_writes_curves_tables_and_index(built: dict[str, Path]) -> None:
             svg = (out / "curves" / f"{fx.TEMPLATE}_{split}_{metric}.svg").read_text()
             assert "<svg" in svg and "dpo + D-Fusion" in svg  # text kept as text: small, searchable
             assert png.stat().st_size < 200_000
-    for name in ("final", "fusion_gain", "paired", "facts", "training", "runs", "evals", "fuse", "curves"):
+    for name in (
+        "final",
+        "fusion_gain",
+        "paired",
+        "facts",
+        "training",
+        "runs",
+        "evals",
+        "fuse",
+        "fuse_facts",
+        "curves",
+    ):
         for ext in ("csv", "parquet", "md", "tex"):
             assert (out / "tables" / f"{name}.{ext}").stat().st_size > 0, f"{name}.{ext}"
     md = (out / "tables" / "final.md").read_text()
@@ -291,6 +318,7 @@ def test_load_report_tables_round_trips(built: dict[str, Path], tables: dict[str
         "runs",
         "evals",
         "fuse",
+        "fuse_facts",
         "curves",
     }
     assert set(tables) == expected

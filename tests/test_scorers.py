@@ -106,6 +106,14 @@ def test_scores_reject_inconsistent_fields() -> None:
         Scores(scores=np.zeros((2, 1)), details=[{}, {}])
 
 
+def test_scores_give_facts_as_json_and_rates() -> None:
+    details = [{"facts": {"a": True, "b": False}}, {"facts": {"a": False, "n": 3}}, {}]
+    scores = Scores(scores=np.zeros(3), details=details)
+    assert json.loads(scores.facts_json(1)) == {"a": False, "n": 3} and scores.facts_json(2) == ""
+    assert scores.fact_rates() == {"a": 0.5, "b": 0.0}  # "b" over the one image that checks it; "n" is no fact
+    assert scores.fact_rates([0]) == {"a": 1.0, "b": 0.0} and scores.fact_rates([2]) == {}
+
+
 # --- verifier -----------------------------------------------------------------------------------------------------
 
 

@@ -186,6 +186,7 @@ def test_train_cli_end_to_end(tmp_path, tiny_dir) -> None:
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2] and all(r["n_pairs"] > 0 for r in log)
     assert all(r["target_beats_base"] is not None for r in log)
+    assert all(r["pair_fact_rates"] is None for r in log)  # logged each epoch; compressibility checks no facts
     run = json.loads((out / "run.json").read_text())
     assert run["config"]["method"] == "dpo" and run["config"]["fusion"] is True and "torch" in run["versions"]
     assert run["model_digest"]["weights"] == model_digest(tiny_dir)  # the result names the weights that made it

@@ -95,3 +95,9 @@ def fuse(
         f"target beats base {manifest.get('target_beats_base_rate', float('nan')):.0%}, "
         f"{manifest.get('unet_evals_per_target_step', float('nan')):.2f} UNet evals per target-step"
     )
+    rates = manifest.get("fact_rates", {})
+    if "target" in rates:
+        moves = ", ".join(
+            f"{k} {rates['base'][k]:.0%} → {v:.0%}" for k, v in rates["target"].items() if k in rates["base"]
+        )
+        typer.echo(f"facts held, base → target: {moves}")

@@ -11,6 +11,7 @@ import pandas as pd
 from dfusion_bench.report.collect import Evaluation, Fuse, Run, method_label
 
 PHASES = ("sampling_s", "fusion_s", "scoring_s", "update_s", "eval_s")
+ROLES = ("reference", "base", "target")  # the keys of a fuse manifest's fact_rates
 
 
 def training_table(runs: Sequence[Run]) -> pd.DataFrame:
@@ -118,6 +119,35 @@ def fuse_table(fuses: Sequence[Fuse]) -> pd.DataFrame:
     for column in ("n_samples", "n_triples"):
         if column in frame:
             frame[column] = frame[column].astype("Int64")
+    return frame
+
+
+def fuse_facts_table(fuses: Sequence[Fuse]) -> pd.DataFrame:
+    """One row per fuse folder x fact its scorer checks (the verifier's objects, relation, count): the fraction of
+    triples whose reference, base and target hold it (``fact_rates`` in the manifest) — which facts fusion carries
+    from the reference into the target, and which the target loses from its base."""
+    rows = []
+    for fuse in fuses:
+        rates = fuse.manifest.get("fact_rates")
+        if not isinstance(rates, dict) or not all(isinstance(rates.get(r), dict) for r in ROLES):
+            continue  # no facts (another scorer) or a fuse folder from before facts were recorded
+        for fact, target in rates["target"].items():
+            reference, base = (_number(rates[r].get(fact)) for r in ROLES[:2])
+            rows.append(
+                {
+                    "folder": str(fuse.path),
+                    "template": str(fuse.config.get("template") or ""),
+                    "n_triples": _count(fuse.manifest.get("n_triples")),
+                    "fact": str(fact),
+                    "reference": reference,
+                    "base": base,
+                    "target": _number(target),
+                    "target_minus_base": _number(target) - base,
+                }
+            )
+    frame = pd.DataFrame.from_records(rows)
+    if "n_triples" in frame:
+        frame["n_triples"] = frame["n_triples"].astype("Int64")
     return frame
 
 

@@ -14,6 +14,7 @@ Tables:
 * ``training``     per configuration: mean over seeds of the training log (loss, target-beats-base, seconds/epoch);
 * ``evals``        one row per eval folder x scorer;
 * ``fuse``         one row per fuse folder (triples, target-beats-base rate, gains, UNet cost);
+* ``fuse_facts``   per fuse folder and fact, how often reference, base and target hold it;
 * ``curves``       the points (mean, CI, n over seeds) behind every curve.
 
 ``load_report_tables(out)`` reads them back.
@@ -26,7 +27,7 @@ from collections.abc import Sequence
 import pandas as pd
 
 from dfusion_bench.report import stats
-from dfusion_bench.report.bookkeeping import evals_table, fuse_table, training_table
+from dfusion_bench.report.bookkeeping import evals_table, fuse_facts_table, fuse_table, training_table
 from dfusion_bench.report.collect import Evaluation, Fuse, Run, method_label, warn
 from dfusion_bench.report.frames import CONFIG_COLUMNS, METRIC_NAMES, METRICS, metrics_frame, prompt_test, runs_frame
 from dfusion_bench.report.paired import display_paired, paired_tables
@@ -383,6 +384,15 @@ def build_tables(
     )
     fuse_frame = fuse_table(fuses)
     add("fuse", "D-Fusion triples", "One row per dfusion fuse folder.", fuse_frame, display_numbers(fuse_frame))
+    fuse_facts = fuse_facts_table(fuses)
+    add(
+        "fuse_facts",
+        "What fusion carries, per fact",
+        "Per dfusion fuse folder and fact the scorer checks: the fraction of triples whose reference, base and "
+        "target hold it.",
+        fuse_facts,
+        display_numbers(fuse_facts),
+    )
     if curves is not None:
         add("curves", "Curve points", "Mean and 95% CI over seeds behind every curve.", curves, display_numbers(curves))
     return tables

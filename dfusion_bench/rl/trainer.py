@@ -273,6 +273,7 @@ class Trainer:
                 "n_pairs": len(pairs.triples),
                 "n_examples": len(data),
                 "target_beats_base": beats,
+                "pair_fact_rates": pairs.fact_rates() or None,  # facts held by references, bases, targets
                 "samples_seen": self.samples_seen,
                 "timing": timing,
                 "lora_sha256_per_process": self.last_digests,

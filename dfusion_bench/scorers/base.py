@@ -7,6 +7,7 @@ exact verifier of the shapes world — speaks the same types.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -42,6 +43,27 @@ class Scores:
         idx = np.asarray(index, dtype=int)
         aligned = None if self.aligned is None else self.aligned[idx]
         return Scores(self.scores[idx], aligned, [self.details[i] for i in idx.tolist()])
+
+    def facts_json(self, i: int) -> str:
+        """Image ``i``'s per-fact breakdown (``details[i]["facts"]``) as JSON, or ``""`` when the scorer checks none.
+
+        This is the ``facts`` column of every per-image CSV the package writes.
+        """
+        facts = self.details[i].get("facts")
+        return json.dumps(facts) if facts is not None else ""
+
+    def fact_rates(self, index: list[int] | None = None) -> dict[str, float]:
+        """For each boolean fact, the fraction of the images at ``index`` (default: all) where it holds.
+
+        A fact is counted over the images that check it (prompts of one suite can check different facts); an empty
+        dict when the scorer checks none.
+        """
+        held: dict[str, list[bool]] = {}
+        for i in range(len(self)) if index is None else index:
+            for name, value in (self.details[i].get("facts") or {}).items():
+                if isinstance(value, bool):
+                    held.setdefault(name, []).append(value)
+        return {name: float(np.mean(values)) for name, values in held.items()}
 
     @staticmethod
     def concat(parts: list[Scores]) -> Scores:
