@@ -31,6 +31,12 @@ CHROMIUM = Path("/usr/bin/chromium")
 T_975_DF1 = math.tan(math.pi * 0.475)  # Student t with 1 d.o.f. is Cauchy: its 97.5% quantile is tan(0.475 pi)
 
 
+TABLES = (  # every table the fixtures' report holds
+    *("overview", "final", "rise", "fusion_gain", "paired", "facts"),
+    *("training", "runs", "evals", "fuse", "fuse_facts", "curves"),
+)
+
+
 def _row(frame: pd.DataFrame, **match: object) -> pd.Series:
     mask = pd.Series(True, index=frame.index)
     for key, value in match.items():
@@ -225,18 +231,7 @@ def test_report_writes_curves_tables_and_index(built: dict[str, Path]) -> None:
             svg = (out / "curves" / f"{fx.TEMPLATE}_{split}_{metric}.svg").read_text()
             assert "<svg" in svg and "dpo + D-Fusion" in svg  # text kept as text: small, searchable
             assert png.stat().st_size < 200_000
-    for name in (
-        "final",
-        "fusion_gain",
-        "paired",
-        "facts",
-        "training",
-        "runs",
-        "evals",
-        "fuse",
-        "fuse_facts",
-        "curves",
-    ):
+    for name in TABLES:
         for ext in ("csv", "parquet", "md", "tex"):
             assert (out / "tables" / f"{name}.{ext}").stat().st_size > 0, f"{name}.{ext}"
     md = (out / "tables" / "final.md").read_text()
@@ -307,21 +302,7 @@ def test_load_report_tables_round_trips(built: dict[str, Path], tables: dict[str
     pd.testing.assert_frame_equal(tables["final"], final_table(runs))
     pd.testing.assert_frame_equal(tables["fusion_gain"], gain_table(runs))
     pd.testing.assert_frame_equal(tables["rise"], rise_table(runs))
-    expected = {
-        "final",
-        "overview",
-        "rise",
-        "fusion_gain",
-        "paired",
-        "facts",
-        "training",
-        "runs",
-        "evals",
-        "fuse",
-        "fuse_facts",
-        "curves",
-    }
-    assert set(tables) == expected
+    assert set(tables) == set(TABLES)
     csv = pd.read_csv(built["out"] / "tables" / "fusion_gain.csv")
     assert csv["p_value"].tolist() == pytest.approx(tables["fusion_gain"]["p_value"].tolist(), nan_ok=True)
 
