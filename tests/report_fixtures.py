@@ -230,6 +230,18 @@ def write_eval(
     return folder
 
 
+# per triple, the facts of reference, base and target: the first target keeps its base's missing object0, the second
+# gains it and loses the count, the third keeps everything
+FUSE_FACTS = [
+    {"reference": {"object0": True, "count": True}, "base": {"object0": b0, "count": True}, "target": target}
+    for b0, target in (
+        (False, {"object0": False, "count": True}),
+        (False, {"object0": True, "count": False}),
+        (True, {"object0": True, "count": True}),
+    )
+]
+
+
 def write_fuse(folder: Path, n_triples: int = 3) -> Path:
     """A fuse folder as ``dfusion fuse --out`` writes it (manifest, triples.csv, triple images)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -244,6 +256,7 @@ def write_fuse(folder: Path, n_triples: int = 3) -> Path:
                 "reference_score": 0.9,
                 "base_score": 0.2 + 0.1 * t,
                 "target_score": 0.6 if t else 0.1,
+                **{f"{role}_facts": json.dumps(facts) for role, facts in FUSE_FACTS[t % len(FUSE_FACTS)].items()},
             }
         )
         tiny_png(folder / "images" / "triples" / f"t{t:04d}.png", (30, 30 + 60 * t, 30), size=32)
@@ -258,11 +271,6 @@ def write_fuse(folder: Path, n_triples: int = 3) -> Path:
         "mean_gain_target_vs_base": 0.15,
         "mean_gain_reference_vs_base": 0.6,
         "unet_evals_per_target_step": 2.0,
-        "fact_rates": {
-            "reference": {"object0": 1.0, "count": 1.0},
-            "base": {"object0": 1 / 3, "count": 1.0},
-            "target": {"object0": 2 / 3, "count": 2 / 3},
-        },
     }
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
     info = {"command": "fuse", "config": {"template": TEMPLATE, "split": "train", "scorer": "verifier"}}

@@ -189,18 +189,17 @@ def test_facts_table_pairs_each_boolean_fact(tables: dict[str, pd.DataFrame], tm
     assert relation["difference"] == pytest.approx(3 / 11) and relation["p_value"] == pytest.approx(2 / 2**3)
 
 
-def test_fuse_facts_table_has_a_row_per_fact_of_folders_that_record_them(
-    tables: dict[str, pd.DataFrame], tmp_path: Path
-) -> None:
-    frame = tables["fuse_facts"]
+def test_fuse_facts_table_says_what_fusion_did_to_each_fact(tables: dict[str, pd.DataFrame], tmp_path: Path) -> None:
+    frame = tables["fuse_facts"]  # the fixture's three triples (fx.FUSE_FACTS)
     assert list(frame["fact"]) == ["object0", "count"] and set(frame["n_triples"]) == {3}
-    object0 = _row(frame, fact="object0")
+    object0, count = _row(frame, fact="object0"), _row(frame, fact="count")
     assert (object0["reference"], object0["base"], object0["target"]) == pytest.approx((1.0, 1 / 3, 2 / 3))
-    assert _row(frame, fact="count")["target_minus_base"] == pytest.approx(-1 / 3)
+    assert (object0["repaired"], object0["broken"]) == (0.5, 0.0)  # one of two missing object0s repaired
+    assert count["target_minus_base"] == pytest.approx(-1 / 3) and count["broken"] == pytest.approx(1 / 3)
+    assert math.isnan(count["repaired"])  # no base lacked the count
     old = fx.write_fuse(tmp_path / "old")  # a fuse folder written before facts were recorded has no rows
-    manifest = json.loads((old / "manifest.json").read_text())
-    del manifest["fact_rates"]["target"]
-    (old / "manifest.json").write_text(json.dumps(manifest))
+    triples = pd.read_csv(old / "triples.csv")
+    triples.drop(columns=["target_facts"]).to_csv(old / "triples.csv", index=False)
     assert fuse_facts_table(collect([old]).fuses).empty
 
 

@@ -8,10 +8,10 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from dfusion_bench.report.collect import Evaluation, Fuse, Run, method_label
+from dfusion_bench.report.collect import Evaluation, Fuse, Run, fact_columns, method_label
 
 PHASES = ("sampling_s", "fusion_s", "scoring_s", "update_s", "eval_s")
-ROLES = ("reference", "base", "target")  # the keys of a fuse manifest's fact_rates
+ROLES = ("reference", "base", "target")  # triples.csv has a <role>_facts column for each
 
 
 def training_table(runs: Sequence[Run]) -> pd.DataFrame:
@@ -123,32 +123,34 @@ def fuse_table(fuses: Sequence[Fuse]) -> pd.DataFrame:
 
 
 def fuse_facts_table(fuses: Sequence[Fuse]) -> pd.DataFrame:
-    """One row per fuse folder x fact its scorer checks (the verifier's objects, relation, count): the fraction of
-    triples whose reference, base and target hold it (``fact_rates`` in the manifest) — which facts fusion carries
-    from the reference into the target, and which the target loses from its base."""
+    """One row per fuse folder x fact its scorer checks (the verifier's objects, relation, count), from the per-triple
+    facts in ``triples.csv``: the fraction of triples whose reference, base and target hold it, and per triple what
+    fusion did to the base's fact — ``repaired``: of the triples whose base lacks it, the fraction whose target holds
+    it; ``broken``: of those whose base holds it, the fraction whose target lacks it."""
     rows = []
     for fuse in fuses:
-        rates = fuse.manifest.get("fact_rates")
-        if not isinstance(rates, dict) or not all(isinstance(rates.get(r), dict) for r in ROLES):
-            continue  # no facts (another scorer) or a fuse folder from before facts were recorded
-        for fact, target in rates["target"].items():
-            reference, base = (_number(rates[r].get(fact)) for r in ROLES[:2])
+        t = fuse.triples
+        if t is None or not all(f"{role}_facts" in t for role in ROLES):
+            continue  # no triples table, or one written before facts were recorded
+        reference, base, target = (fact_columns(t[f"{role}_facts"]) for role in ROLES)
+        for fact in (f for f in target.columns if f in base.columns and f in reference.columns):
+            both = pd.concat([base[fact].rename("base"), target[fact].rename("target")], axis=1).dropna()
+            lacked, held = both[both.base == 0.0], both[both.base == 1.0]
             rows.append(
                 {
                     "folder": str(fuse.path),
                     "template": str(fuse.config.get("template") or ""),
-                    "n_triples": _count(fuse.manifest.get("n_triples")),
+                    "n_triples": len(both),
                     "fact": str(fact),
-                    "reference": reference,
-                    "base": base,
-                    "target": _number(target),
-                    "target_minus_base": _number(target) - base,
+                    "reference": float(reference[fact].mean()),
+                    "base": float(both.base.mean()),
+                    "target": float(both.target.mean()),
+                    "target_minus_base": float(both.target.mean() - both.base.mean()),
+                    "repaired": float(lacked.target.mean()) if len(lacked) else float("nan"),
+                    "broken": float(1.0 - held.target.mean()) if len(held) else float("nan"),
                 }
             )
-    frame = pd.DataFrame.from_records(rows)
-    if "n_triples" in frame:
-        frame["n_triples"] = frame["n_triples"].astype("Int64")
-    return frame
+    return pd.DataFrame.from_records(rows)
 
 
 def _count(value: object) -> int | None:

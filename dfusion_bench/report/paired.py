@@ -16,13 +16,12 @@ evaluations are given, an evaluation with no such base is left out with a warnin
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 
 import pandas as pd
 
 from dfusion_bench.report import stats
-from dfusion_bench.report.collect import Evaluation, method_label, warn
+from dfusion_bench.report.collect import Evaluation, fact_columns, method_label, warn
 from dfusion_bench.report.frames import CONFIG_COLUMNS, METRIC_NAMES, METRICS
 from dfusion_bench.report.table_io import fmt, fmt_ci, fmt_p, key_cells
 from dfusion_bench.rl.config import METHODS
@@ -137,20 +136,6 @@ def _sorted(rows: list[dict[str, object]], order: Sequence[str]) -> pd.DataFrame
     ).reset_index(drop=True)
 
 
-def _facts(column: pd.Series) -> pd.DataFrame:
-    """A ``facts`` column (JSON objects, e.g. the verifier's ``{"object0": true, "relation": false}``) as one float
-    column per fact that holds a bool (1.0 held, 0.0 not; NaN where a row does not name it or is not JSON)."""
-
-    def parse(text: object) -> dict[str, float]:
-        try:
-            facts = json.loads(text) if isinstance(text, str) and text else {}
-        except json.JSONDecodeError:
-            return {}
-        return {k: float(v) for k, v in facts.items() if isinstance(v, bool)} if isinstance(facts, dict) else {}
-
-    return pd.DataFrame.from_records([parse(text) for text in column], index=column.index)
-
-
 def paired_tables(evals: Sequence[Evaluation]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every trained-model evaluation against its base on the same images, as two tables of the same columns:
 
@@ -170,7 +155,7 @@ def paired_tables(evals: Sequence[Evaluation]) -> tuple[pd.DataFrame, pd.DataFra
                 metric_rows.append(_compare(ev, scorer, base, metric, both))
         if FACTS not in pairs or f"{FACTS}_base" not in pairs:
             continue
-        model, base_facts = _facts(pairs[FACTS]), _facts(pairs[f"{FACTS}_base"])
+        model, base_facts = fact_columns(pairs[FACTS]), fact_columns(pairs[f"{FACTS}_base"])
         for fact in (f for f in model.columns if f in base_facts.columns):
             fact_order += [] if fact in fact_order else [fact]
             both = pd.concat([model[fact], base_facts[fact].rename(f"{fact}_base")], axis=1).dropna()

@@ -14,7 +14,8 @@ Tables:
 * ``training``     per configuration: mean over seeds of the training log (loss, target-beats-base, seconds/epoch);
 * ``evals``        one row per eval folder x scorer;
 * ``fuse``         one row per fuse folder (triples, target-beats-base rate, gains, UNet cost);
-* ``fuse_facts``   per fuse folder and fact, how often reference, base and target hold it;
+* ``fuse_facts``   per fuse folder and fact, how often reference, base and target hold it, and how often the target
+                   repairs or breaks its base's fact;
 * ``curves``       the points (mean, CI, n over seeds) behind every curve.
 
 ``load_report_tables(out)`` reads them back.
@@ -389,7 +390,8 @@ def build_tables(
         "fuse_facts",
         "What fusion carries, per fact",
         "Per dfusion fuse folder and fact the scorer checks: the fraction of triples whose reference, base and "
-        "target hold it.",
+        "target hold it; repaired: of the triples whose base lacks it, the fraction whose target holds it; broken: "
+        "of those whose base holds it, the fraction whose target lacks it.",
         fuse_facts,
         display_numbers(fuse_facts),
     )
