@@ -8,7 +8,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from dfusion_bench.report.collect import Evaluation, Fuse, Run, fact_columns, method_label
+from dfusion_bench.report.collect import Evaluation, Fuse, Run, method_label
+from dfusion_bench.report.facts import fact_columns
 
 PHASES = ("sampling_s", "fusion_s", "scoring_s", "update_s", "eval_s")
 ROLES = ("reference", "base", "target")  # triples.csv has a <role>_facts column for each

@@ -283,20 +283,6 @@ def read_eval(path: Path) -> Evaluation | None:
     )
 
 
-def fact_columns(column: pd.Series) -> pd.DataFrame:
-    """A ``facts`` column (JSON objects, e.g. the verifier's ``{"object0": true, "relation": false}``) as one float
-    column per fact that holds a bool (1.0 held, 0.0 not; NaN where a row does not name it or is not JSON)."""
-
-    def parse(text: object) -> dict[str, float]:
-        try:
-            facts = json.loads(text) if isinstance(text, str) and text else {}
-        except json.JSONDecodeError:
-            return {}
-        return {k: float(v) for k, v in facts.items() if isinstance(v, bool)} if isinstance(facts, dict) else {}
-
-    return pd.DataFrame.from_records([parse(text) for text in column], index=column.index)
-
-
 def read_fuse(path: Path) -> Fuse | None:
     """A fuse folder, or None (with a warning) when its manifest is unusable."""
     manifest = _read_json(path / "manifest.json")

@@ -21,7 +21,8 @@ from collections.abc import Iterator, Sequence
 import pandas as pd
 
 from dfusion_bench.report import stats
-from dfusion_bench.report.collect import Evaluation, fact_columns, method_label, warn
+from dfusion_bench.report.collect import Evaluation, method_label, warn
+from dfusion_bench.report.facts import fact_columns
 from dfusion_bench.report.frames import CONFIG_COLUMNS, METRIC_NAMES, METRICS
 from dfusion_bench.report.table_io import fmt, fmt_ci, fmt_p, key_cells
 from dfusion_bench.rl.config import METHODS
