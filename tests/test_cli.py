@@ -107,7 +107,8 @@ def test_fuse_tables_and_manifest_carry_each_roles_facts() -> None:
         details = [{"facts": {"object0": a, "object1": b}} for a, b in held]
         return Scores(np.array([(a + b) / 2 for a, b in held], dtype=float), None, details)
 
-    # samples 0, 1 are references; 2, 3 bases; the first target gains object0, the second loses object1
+    # samples 0, 1 are references; 2, 3 bases; the first target gains object0, the second keeps its base's
+    # missing object1
     samples = scores((True, True), (True, True), (False, True), (True, False))
     traj = SimpleNamespace(prompts=["p"] * 4, seeds=[0, 1, 2, 3])
     pairs = Pairs(ScoredSamples([], traj, samples, [[0, 1, 2, 3]]), [Triple(0, 2), Triple(1, 3)])
