@@ -95,69 +95,111 @@ def summary(per_image: dict[tuple, list[float]]) -> str:
     return f"{x.mean():.2f}±{2 * x.std(ddof=1) / np.sqrt(len(x)):.2f}" if len(x) > 1 else "-"
 
 
-suite, seed, per_prompt, labels = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
-entries = list(load_suite(suite).split("train"))[:8]
-seeds = eval_seeds(len(entries), per_prompt)
-torch.manual_seed(0)
-config = SamplerConfig(num_steps=20, eta=1.0, guidance_scale=5.0)
+def record(values, store, layers, sample_size, keep, verdicts, colors, band, prompt) -> None:
+    """Add one UNet call's measures (its probabilities in ``store``, batch rows in ``keep``'s order) to ``values``:
+    (band, grid side, measure, object1 outcome) -> image -> values over the band's steps and the grid's layers."""
+    for layer in layers:
+        probs, side = store[layer.name], sample_size // layer.downsample
+        for b, (i, (r0, r1)) in enumerate(keep):
+            o1 = "object1 held" if verdicts[i].facts["object1"] else "object1 fails"
+            w0, w1 = pooled(r0, side), pooled(r1, side)
+            if layer.kind == "self":
+                e10, e11 = enrichment(probs[b], w1, w0), enrichment(probs[b], w1, w1)
+                measures = {"1->0": e10, "1->1": e11, "1->1 / 1->0": e11 / e10}
+            else:  # the second shape's attention to the first object's color word, over both colors'
+                mass = [float(w1 @ probs[b][:, c].sum(1)) for c in colors]
+                measures = {"color0 share": mass[0] / (mass[0] + mass[1])}
+            for o1_key in (o1, "all"):
+                for name, e in measures.items():
+                    values[(band, side, name, o1_key)][(prompt, i)].append(e)
 
-for label in ["base", *labels]:
-    if label == "base":
-        pipe = ModelChoice.check(None).load(torch.device("cpu"), torch.float32)
-    else:
-        pipe, _, _ = load_policy(
-            Path(f"results/grid-x3/{label}-{suite}-s{seed}"), 8, torch.device("cpu"), torch.float32
-        )
-    unet = pipe.unet
-    layers = [la for la in attention_layers(unet) if la.kind in ("self", "cross")]
-    store: dict[str, torch.Tensor] = {}
-    stock = dict(unet.attn_processors)  # set_attn_processor consumes the dict it is given: pass copies
-    # (band, grid side, measure, object1 outcome) -> image -> values (over the band's steps and the grid's layers)
-    values: dict[tuple, dict[tuple, list[float]]] = defaultdict(lambda: defaultdict(list))
-    n_used, outcomes = 0, defaultdict(int)
-    for entry, row in zip(entries, seeds, strict=True):
-        prompts = [entry.prompt] * len(row)
-        traj = sample(pipe, prompts, list(row), config, batch_size=len(row))
-        spec = parse(entry.prompt)
-        verdicts = [verify(spec, im) for im in to_hwc_numpy(traj.images)]
-        keep = [(i, r) for i, v in enumerate(verdicts) if (r := regions(spec, v)) is not None]
-        if not keep:
-            continue
-        idx = [i for i, _ in keep]
-        text = encode_text(pipe, prompts).cond[idx]
-        colors = [word_token_positions(pipe.tokenizer, entry.prompt, o.color) for o in spec.objects]
-        unet.set_attn_processor({n: Recorder(store, n) for n in stock})
-        for band, steps in BANDS.items():
-            for j in steps:
-                t = torch.full((len(idx),), int(traj.timesteps[j]), dtype=torch.long)
-                with torch.no_grad():
-                    unet(traj.latents[idx, j], t, encoder_hidden_states=text)
-                for layer in layers:
-                    probs = store[layer.name]
-                    side = unet.config.sample_size // layer.downsample
-                    for b, (i, (r0, r1)) in enumerate(keep):
-                        v = verdicts[i]
-                        o1 = "object1 held" if v.facts["object1"] else "object1 fails"
-                        w0, w1 = pooled(r0, side), pooled(r1, side)
-                        if layer.kind == "self":
-                            e10, e11 = enrichment(probs[b], w1, w0), enrichment(probs[b], w1, w1)
-                            measures = {"1->0": e10, "1->1": e11, "1->1 / 1->0": e11 / e10}
-                        else:  # the second shape's attention to the first object's color word, over both colors'
-                            mass = [float(w1 @ probs[b][:, c].sum(1)) for c in colors]
-                            measures = {"color0 share": mass[0] / (mass[0] + mass[1])}
-                        for o1_key in (o1, "all"):
-                            for name, e in measures.items():
-                                values[(band, side, name, o1_key)][(entry.prompt, i)].append(e)
-        unet.set_attn_processor(dict(stock))
-        n_used += len(keep)
-        for i, _ in keep:
-            outcomes["object1 held" if verdicts[i].facts["object1"] else "object1 fails"] += 1
-    print(f"{suite} s{seed} {label}: {n_used} images with two shapes, the first named one matched; {dict(outcomes)}")
+
+def unfused_pass(unet, traj, idx, text, j) -> None:
+    """The conditional UNet call on rows ``idx`` of ``traj`` at step j, with Recorders installed."""
+    t = torch.full((len(idx),), int(traj.timesteps[j]), dtype=torch.long)
+    with torch.no_grad():
+        unet(traj.latents[idx, j], t, encoder_hidden_states=text)
+
+
+def kept(spec, verdicts) -> list:
+    """(index, (R0, R1)) of the images with two shapes, the first named one matched."""
+    return [(i, r) for i, v in enumerate(verdicts) if (r := regions(spec, v)) is not None]
+
+
+def outcome_counts(verdicts, keep) -> dict[str, int]:
+    counts = defaultdict(int)
+    for i, _ in keep:
+        counts["object1 held" if verdicts[i].facts["object1"] else "object1 fails"] += 1
+    return counts
+
+
+def report(title: str, values, bands) -> None:
+    print(title)
     print("   per band and grid, for all these images; for those whose second object fails: " + ", ".join(NAMES))
-    for band in BANDS:
+    for band in bands:
         for side in sorted({k[1] for k in values}, reverse=True):
             cells = []
             for o1 in ("all", "object1 fails"):
                 part = [summary(values.get((band, side, name, o1), {})) for name in NAMES]
                 cells.append(f"{o1}: " + " ".join(part))
             print(f"   {band:24s} {side:2d}x{side:<2d} " + "; ".join(cells))
+
+
+def new_values() -> dict:
+    return defaultdict(lambda: defaultdict(list))
+
+
+def probe_setup(argv: list[str]):
+    suite, seed, per_prompt, labels = argv[0], int(argv[1]), int(argv[2]), argv[3:]
+    entries = list(load_suite(suite).split("train"))[:8]
+    torch.manual_seed(0)
+    return suite, seed, labels, entries, eval_seeds(len(entries), per_prompt)
+
+
+CONFIG = SamplerConfig(num_steps=20, eta=1.0, guidance_scale=5.0)
+
+
+def load(label: str, suite: str, seed: int):
+    if label == "base":
+        return ModelChoice.check(None).load(torch.device("cpu"), torch.float32)
+    run = Path(f"results/grid-x3/{label}-{suite}-s{seed}")
+    return load_policy(run, 8, torch.device("cpu"), torch.float32)[0]
+
+
+def main(argv: list[str]) -> None:
+    suite, seed, labels, entries, seeds = probe_setup(argv)
+    for label in ["base", *labels]:
+        pipe = load(label, suite, seed)
+        unet = pipe.unet
+        layers = [la for la in attention_layers(unet) if la.kind in ("self", "cross")]
+        store: dict[str, torch.Tensor] = {}
+        stock = dict(unet.attn_processors)  # set_attn_processor consumes the dict it is given: pass copies
+        values, outcomes = new_values(), defaultdict(int)
+        for entry, row in zip(entries, seeds, strict=True):
+            prompts = [entry.prompt] * len(row)
+            traj = sample(pipe, prompts, list(row), CONFIG, batch_size=len(row))
+            spec = parse(entry.prompt)
+            verdicts = [verify(spec, im) for im in to_hwc_numpy(traj.images)]
+            keep = kept(spec, verdicts)
+            if not keep:
+                continue
+            idx = [i for i, _ in keep]
+            text = encode_text(pipe, prompts).cond[idx]
+            colors = [word_token_positions(pipe.tokenizer, entry.prompt, o.color) for o in spec.objects]
+            unet.set_attn_processor({n: Recorder(store, n) for n in stock})
+            for band, steps in BANDS.items():
+                for j in steps:
+                    unfused_pass(unet, traj, idx, text, j)
+                    record(values, store, layers, unet.config.sample_size, keep, verdicts, colors, band, entry.prompt)
+            unet.set_attn_processor(dict(stock))
+            for k, n in outcome_counts(verdicts, keep).items():
+                outcomes[k] += n
+        n_used = sum(outcomes.values())
+        title = (
+            f"{suite} s{seed} {label}: {n_used} images with two shapes, the first named one matched; {dict(outcomes)}"
+        )
+        report(title, values, BANDS)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
