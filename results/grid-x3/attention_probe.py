@@ -9,7 +9,7 @@ take on the first one's attributes (object_probe_shapes-objects.txt: 13 of its 1
 first object's color).
 
 For every image with exactly two detected shapes of which one matches the first named object, the UNet is run again
-(conditional pass) on the image's own trajectory latents at every step, with a processor on each self-attention
+(conditional pass) on the image's own trajectory latents at steps 0-16, with a processor on each self-attention
 layer that records the attention probabilities (mean over heads) and then calls the stock processor. With the
 verifier's masks of the two shapes pooled to the layer's grid (R0: the first named object, R1: the other shape):
 
@@ -22,7 +22,7 @@ color word over its mass on both objects' color words (0.5: it cannot tell them 
 images (each image's mean over the grid's layers and the band's steps) ± twice its standard error over images.
 
 Usage (what made attention_probe_SUITE.txt here):
-    OMP_NUM_THREADS=1 python results/grid-x3/attention_probe.py shapes-objects 1 24 dpo-plain dpo-fusion pg-fusion
+    OMP_NUM_THREADS=1 python results/grid-x3/attention_probe.py SUITE 1 24 dpo-plain dpo-fusion pg-fusion ddpo-fusion
 """
 
 import sys

@@ -3,12 +3,13 @@ attention_probe.py and fused_attention_probe.py.
 
 One grid run's first epoch, rebuilt exactly (its configuration, seed and sampling seeds; the policy is still the
 base model there, so every arm sees the same samples, and the fusion arms the same fused targets). For each arm, the
-gradient of its loss over the whole epoch's data (every example, every trained denoising step) at the initial LoRA
-weights, and the step Adam's first update takes along it, -c * sign(gradient), with the same c for every arm. Then
-the attention measures of attention_probe.py (16x16 and 8x8 self-attention, denoising steps 2-9, the base model's
-images with two shapes on the first 24 evaluation seeds of the grid's 8 prompts) after that step minus before it,
-image by image (the same latents). At the initial weights ddpo's ratio is 1, so its gradient is pg's up to a positive
-scale and the two arms' first steps coincide; they part only over later updates.
+gradient of its loss over the whole epoch's data (every example, every denoising step the grid trains: all but the
+last 3) at the initial LoRA weights, and the step Adam's first update takes along it, -c * sign(gradient), with the
+same c for every arm. Then the attention measures of attention_probe.py (16x16 and 8x8 self-attention, denoising
+steps 2-9, the base model's images with two shapes on the first 24 evaluation seeds of the grid's 8 prompts) after
+that step minus before it, image by image (the same latents). At the initial weights ddpo's ratio is 1, so its
+gradient is pg's up to a positive scale unless an advantage reaches ddpo's clip (±5); in the outputs here the two
+arms' first steps move the attention alike, to the digits shown. They part only over later updates.
 
 Usage (what made update_direction_probe_SUITE-sSEED.txt here: objects with seeds 0 and 1, binding with seed 1):
     OMP_NUM_THREADS=1 python results/grid-x3/update_direction_probe.py shapes-objects 1 0.01
