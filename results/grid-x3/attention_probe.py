@@ -21,8 +21,8 @@ cross-attention layers, likewise recorded: "color0 share", the second shape's at
 color word over its mass on both objects' color words (0.5: it cannot tell them apart). Each figure is the mean over
 images (each image's mean over the grid's layers and the band's steps) ± twice its standard error over images.
 
-Usage (what made attention_probe_SUITE.txt here):
-    OMP_NUM_THREADS=1 python results/grid-x3/attention_probe.py SUITE 1 24 dpo-plain dpo-fusion pg-fusion ddpo-fusion
+Usage (what made attention_probe_SUITE-sSEED.txt here, for seeds 0 and 1):
+    OMP_NUM_THREADS=1 python results/grid-x3/attention_probe.py SUITE SEED 24 dpo-plain dpo-fusion pg-fusion ddpo-fusion
 """
 
 import sys
