@@ -95,13 +95,22 @@ def summary(per_image: dict[tuple, list[float]]) -> str:
     return f"{x.mean():.2f}±{2 * x.std(ddof=1) / np.sqrt(len(x)):.2f}" if len(x) > 1 else "-"
 
 
+def outcome(verdict) -> str:
+    return "object1 held" if verdict.facts["object1"] else "object1 fails"
+
+
+def difference(a: dict[tuple, list[float]], b: dict[tuple, list[float]]) -> str:
+    """summary() of a - b, image by image (each image's mean over steps and layers)."""
+    return summary({k: [np.mean(a[k]) - np.mean(b[k])] for k in a})
+
+
 def record(values, store, layers, sample_size, keep, verdicts, colors, band, prompt) -> None:
     """Add one UNet call's measures (its probabilities in ``store``, batch rows in ``keep``'s order) to ``values``:
     (band, grid side, measure, object1 outcome) -> image -> values over the band's steps and the grid's layers."""
     for layer in layers:
         probs, side = store[layer.name], sample_size // layer.downsample
         for b, (i, (r0, r1)) in enumerate(keep):
-            o1 = "object1 held" if verdicts[i].facts["object1"] else "object1 fails"
+            o1 = outcome(verdicts[i])
             w0, w1 = pooled(r0, side), pooled(r1, side)
             if layer.kind == "self":
                 e10, e11 = enrichment(probs[b], w1, w0), enrichment(probs[b], w1, w1)
@@ -129,7 +138,7 @@ def kept(spec, verdicts) -> list:
 def outcome_counts(verdicts, keep) -> dict[str, int]:
     counts = defaultdict(int)
     for i, _ in keep:
-        counts["object1 held" if verdicts[i].facts["object1"] else "object1 fails"] += 1
+        counts[outcome(verdicts[i])] += 1
     return counts
 
 
@@ -143,6 +152,12 @@ def report(title: str, values, bands) -> None:
                 part = [summary(values.get((band, side, name, o1), {})) for name in NAMES]
                 cells.append(f"{o1}: " + " ".join(part))
             print(f"   {band:24s} {side:2d}x{side:<2d} " + "; ".join(cells))
+
+
+def recorders(stock: dict, store: dict, layers, kind=Recorder, **extra) -> dict:
+    """The UNet's processors with a recorder on each of ``layers`` (the others as they were)."""
+    names = {la.name for la in layers}
+    return {n: kind(store, n, **extra) if n in names else p for n, p in stock.items()}
 
 
 def new_values() -> dict:
@@ -186,7 +201,7 @@ def main(argv: list[str]) -> None:
             idx = [i for i, _ in keep]
             text = encode_text(pipe, prompts).cond[idx]
             colors = [word_token_positions(pipe.tokenizer, entry.prompt, o.color) for o in spec.objects]
-            unet.set_attn_processor({n: Recorder(store, n) for n in stock})
+            unet.set_attn_processor(recorders(stock, store, layers))
             for band, steps in BANDS.items():
                 for j in steps:
                     unfused_pass(unet, traj, idx, text, j)

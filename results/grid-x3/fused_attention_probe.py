@@ -26,14 +26,15 @@ from attention_probe import (  # noqa: E402
     CONFIG,
     NAMES,
     Recorder,
+    difference,
     kept,
     load,
     new_values,
     outcome_counts,
     probe_setup,
     record,
+    recorders,
     report,
-    summary,
     unfused_pass,
 )
 
@@ -82,7 +83,7 @@ def main(argv: list[str]) -> None:
         if not triples:
             continue
         store, log = {}, {}
-        unet.set_attn_processor({n: FusedLog(store, n, log) for n in stock})
+        unet.set_attn_processor(recorders(stock, store, layers, FusedLog, log=log))
         result = fuse_triples(pipe, traj, triples, {entry.prompt: entry}, fusion, batch_size=len(triples))
         targets = result.targets
         verdicts = [verify(spec, im) for im in to_hwc_numpy(targets.images)]
@@ -111,7 +112,7 @@ def main(argv: list[str]) -> None:
             cells = []
             for name in NAMES[:3]:
                 a, b = fused[(band, side, name, "all")], own[(band, side, name, "all")]
-                cells.append(f"{name} {summary({k: [np.mean(a[k]) - np.mean(b[k])] for k in a})}")
+                cells.append(f"{name} {difference(a, b)}")
             print(f"   {band:24s} {side:2d}x{side:<2d} " + ", ".join(cells))
 
 

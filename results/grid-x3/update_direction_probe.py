@@ -20,11 +20,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from attention_probe import CONFIG, Recorder, kept, new_values, record, summary, unfused_pass  # noqa: E402
+from attention_probe import CONFIG, difference, kept, new_values, record, recorders, unfused_pass  # noqa: E402
 
 from dfusion_bench.denoise import encode_text  # noqa: E402
 from dfusion_bench.fusion.layers import attention_layers  # noqa: E402
@@ -43,7 +42,7 @@ ARMS = [("dpo", False), ("dpo", True), ("ddpo", False), ("ddpo", True), ("pg", F
 BAND = "steps 2-9"
 
 
-def epoch_gradient(trainer: Trainer, policy: Policy, data) -> None:
+def epoch_gradient(policy: Policy, data) -> None:
     """Accumulate into the LoRA parameters' .grad the mean loss over every example and every trained step."""
     method, n_steps = METHODS[policy.config.method](), len(data.trajs[0].timesteps)
     eligible, _ = trained_steps(n_steps, policy.config.optim)
@@ -60,7 +59,7 @@ def attention_values(pipe, images) -> dict:
     unet = pipe.unet
     layers = [la for la in attention_layers(unet) if la.kind == "self"]
     stock, store, values = dict(unet.attn_processors), {}, new_values()
-    unet.set_attn_processor({n: Recorder(store, n) for n in stock})
+    unet.set_attn_processor(recorders(stock, store, layers))
     for prompt, traj, keep, verdicts in images:
         idx = [i for i, _ in keep]
         text = encode_text(pipe, [prompt] * len(idx)).cond
@@ -93,10 +92,10 @@ def main(argv: list[str]) -> None:
         f"c = {c}"
     )
     print(f"   {BAND}, after the step minus before, image by image (mean ± twice its standard error); 1->0, 1->1")
-    params = [p for p in trainer.unet.parameters() if p.requires_grad]
+    params = trainer.params
     start = [p.detach().clone() for p in params]
     for method, fusion in ARMS:
-        arm_config = dataclasses.replace(config, method=method, fusion=fusion, optim=config.optim)
+        arm_config = dataclasses.replace(config, method=method, fusion=fusion)
         policy = Policy(pipe, trainer.model, trainer.unet, arm_config)
         data = METHODS[method]().prepare(
             policy, pairs, PerPromptStats(config.ddpo.stat_buffer, config.ddpo.stat_min_count)
@@ -105,7 +104,7 @@ def main(argv: list[str]) -> None:
             p.grad = None
         if len(data):
             trainer.unet.train()
-            epoch_gradient(trainer, policy, data)
+            epoch_gradient(policy, data)
             trainer.unet.eval()
             with torch.no_grad():
                 for p in params:
@@ -119,7 +118,7 @@ def main(argv: list[str]) -> None:
         for side in (16, 8):
             for name in ("1->0", "1->1"):
                 a, b = after[(BAND, side, name, "all")], before[(BAND, side, name, "all")]
-                cells.append(f"{side}x{side} {name} {summary({k: [np.mean(a[k]) - np.mean(b[k])] for k in a})}")
+                cells.append(f"{side}x{side} {name} {difference(a, b)}")
         label = f"{method}{' + F' if fusion else ''} ({len(data)} examples)"
         print(f"   {label:22s} " + ", ".join(cells))
 
