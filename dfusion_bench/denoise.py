@@ -38,12 +38,20 @@ def encode_text(pipe: StableDiffusionPipeline, prompts: list[str]) -> TextCondit
 
 
 def guided_output(
-    unet: UNet2DConditionModel, latents: torch.Tensor, timestep: int, text: TextConditioning, guidance_scale: float
+    unet: UNet2DConditionModel,
+    latents: torch.Tensor,
+    timestep: int | torch.Tensor,
+    text: TextConditioning,
+    guidance_scale: float,
 ) -> torch.Tensor:
-    """The guided model output for a batch of latents at one timestep, in float32."""
+    """The guided model output for a batch of latents at one timestep (an int) or at one timestep per row (a
+    (B,) tensor), in float32."""
     dtype = next(unet.parameters()).dtype  # works for a distributed wrapper too
     x = torch.cat([latents, latents]).to(dtype)
-    t = torch.full((x.shape[0],), int(timestep), device=x.device, dtype=torch.long)
+    if isinstance(timestep, torch.Tensor):
+        t = torch.cat([timestep, timestep]).to(device=x.device, dtype=torch.long)
+    else:
+        t = torch.full((x.shape[0],), int(timestep), device=x.device, dtype=torch.long)
     out = unet(x, t, encoder_hidden_states=text.stacked().to(dtype)).sample.float()
     uncond, cond = out.chunk(2)
     return uncond + guidance_scale * (cond - uncond)

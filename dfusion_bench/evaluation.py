@@ -62,6 +62,7 @@ def evaluate(
         summary[scorer.name] = {
             "mean_score": float(np.mean(scores.scores)),
             "aligned_rate": None if scores.aligned is None else float(np.mean(scores.aligned)),
+            "fact_rates": scores.fact_rates(),
             "n": len(scores),
         }
         for j in range(len(traj)):

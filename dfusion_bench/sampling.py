@@ -8,7 +8,7 @@ starts from its base's seed, sees exactly the base's initial latent and per-step
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
@@ -137,16 +137,32 @@ def transition(
     text: TextConditioning,
     latents: torch.Tensor,
     timesteps: torch.Tensor,
-    index: int,
+    index: int | Sequence[int],
     config: SamplerConfig,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Guided model output and log p(x_{t-1} | x_t, c) of step ``index`` of stored latents (B, T + 1, ...).
 
+    ``index`` is one step for every row, or one step per row (ddpo-pytorch's per-sample timesteps): the UNet then
+    runs once on the whole batch with each row's own timestep, and each row's DDIM step uses its own schedule.
     Differentiable with respect to ``unet`` (which may be wrapped for distributed training).
     """
     device = pipe.device
-    x_t, x_prev = latents[:, index].to(device), latents[:, index + 1].to(device)
-    t = int(timesteps[index])
-    eps = guided_output(unet, x_t, t, text, config.guidance_scale)
-    _, logp = ddim_step(pipe.scheduler, eps, t, prev_timestep_of(timesteps, index), x_t, config.eta, x_prev=x_prev)
+    if isinstance(index, int):
+        x_t, x_prev = latents[:, index].to(device), latents[:, index + 1].to(device)
+        t = int(timesteps[index])
+        eps = guided_output(unet, x_t, t, text, config.guidance_scale)
+        _, logp = ddim_step(pipe.scheduler, eps, t, prev_timestep_of(timesteps, index), x_t, config.eta, x_prev=x_prev)
+        return eps, logp
+    rows = torch.arange(len(latents))
+    steps = torch.as_tensor(list(index), dtype=torch.long)
+    x_t, x_prev = latents[rows, steps].to(device), latents[rows, steps + 1].to(device)
+    eps = guided_output(unet, x_t, timesteps[steps], text, config.guidance_scale)
+    logp = torch.empty(len(latents), device=eps.device)
+    for j in torch.unique(steps).tolist():  # the step's schedule is a scalar per step: one group per distinct step
+        at = (steps == j).nonzero().flatten().to(eps.device)
+        t = int(timesteps[j])
+        _, logp_j = ddim_step(
+            pipe.scheduler, eps[at], t, prev_timestep_of(timesteps, j), x_t[at], config.eta, x_prev=x_prev[at]
+        )
+        logp = logp.index_put((at,), logp_j)
     return eps, logp

@@ -69,7 +69,7 @@ def test_losses_at_the_start(lora_pipe, pairs, fusion: bool) -> None:
         data = method.prepare(policy, pairs, PerPromptStats(min_count=100))
         assert len(data) == (len(pairs.triples) if name == "dpo" else 8 + (len(pairs.triples) if fusion else 0))
         with torch.no_grad():
-            loss = method.step_loss(policy, data, list(range(len(data))), 1)
+            loss = method.step_loss(policy, data, list(range(len(data))), 1).loss
         if name == "dpo":
             assert loss.item() == pytest.approx(np.log(2), abs=1e-5)
             winners = data.trajs[0]

@@ -24,6 +24,11 @@ OPTION_PATHS: dict[str, tuple[str, ...]] = {
     "lr": ("optim.lr",),
     "inner_epochs": ("optim.inner_epochs",),
     "train_batch_size": ("optim.batch_size",),
+    "micro_batch_size": ("optim.micro_batch_size",),
+    "timestep_sampling": ("optim.timestep_sampling",),
+    "advantages": ("ddpo.advantages",),
+    "adv_std": ("ddpo.adv_std",),
+    "drop_flat_groups": ("ddpo.drop_flat_groups",),
     "timestep_fraction": ("optim.timestep_fraction",),
     "exclude_last_steps": ("optim.exclude_last_steps",),
     "beta": ("dpo.beta",),
@@ -32,6 +37,7 @@ OPTION_PATHS: dict[str, tuple[str, ...]] = {
     "clip_range": ("ddpo.clip_range",),
     "adv_clip": ("ddpo.adv_clip_max",),
     "kl_weight": ("pg.kl_weight",),
+    "pg_full_batch": ("pg.full_batch",),
     "lora_rank": ("lora.rank", "lora.alpha"),
     "lora_targets": ("lora.targets",),
     "steps": ("sampler.num_steps",),
@@ -70,6 +76,9 @@ def train(
     model: o.Model = None,
     epochs: int = typer.Option(4, "--epochs", min=1, help="Epochs (each: sample, pair, update, evaluate)."),
     prompts: int = typer.Option(8, "--prompts", min=1, help="Use the first K prompts of each split."),
+    prompts_per_epoch: int = typer.Option(
+        None, "--prompts-per-epoch", min=1, help="Draw K of the train prompts afresh each epoch (default: all)."
+    ),
     samples_per_prompt: int = typer.Option(8, "--samples-per-prompt", min=2, help="Training samples per prompt."),
     scorer: o.Scorer = None,
     clip_model: o.ClipModel = "ViT-H-14",
@@ -78,11 +87,20 @@ def train(
     eval_every: int = typer.Option(1, "--eval-every", min=1, help="Evaluate on train and test every k epochs."),
     eval_splits: str = typer.Option("train,test", "--eval-splits", help="Splits evaluated: train,test, train or test."),
     eval_samples_per_prompt: int = typer.Option(4, "--eval-samples-per-prompt", min=1, help="Fixed-seed eval samples."),
+    eval_steps: int = typer.Option(
+        None, "--eval-steps", min=1, help="DDIM steps of evaluation samples (default: --steps; Flow-GRPO: more)."
+    ),
     lr: float = typer.Option(
         None, "--lr", help="Learning rate. Default: embedded dpo 3e-4, ddpo/pg 1e-3; --model dpo 3e-5, ddpo/pg 3e-4."
     ),
     inner_epochs: int = typer.Option(1, "--inner-epochs", min=1, help="Passes over each epoch's data."),
     train_batch_size: int = typer.Option(8, "--train-batch-size", min=1, help="Examples per optimizer step."),
+    micro_batch_size: int = typer.Option(
+        16, "--micro-batch-size", min=1, help="Examples per forward/backward pass; gradients accumulate to a step."
+    ),
+    timestep_sampling: str = typer.Option(
+        "shared", "--timestep-sampling", help="shared (one draw per step) or per-sample (ddpo-pytorch)."
+    ),
     timestep_fraction: float = typer.Option(1.0, "--timestep-fraction", help="Fraction of steps trained on."),
     exclude_last_steps: int = typer.Option(
         0, "--exclude-last-steps", min=0, help="Leave the last N denoising steps out of every update (0: none)."
@@ -96,7 +114,17 @@ def train(
     ),
     clip_range: float = typer.Option(1e-4, "--clip-range", help="ddpo: PPO clip range (DDPO 1e-4)."),
     adv_clip: float = typer.Option(5.0, "--adv-clip", help="ddpo: advantage clip (DDPO 5)."),
+    advantages: str = typer.Option(
+        "prompt-stats", "--advantages", help="ddpo/pg: prompt-stats (DDPO's running stats) or group (Flow-GRPO)."
+    ),
+    adv_std: str = typer.Option("group", "--adv-std", help="ddpo/pg, group advantages: group or batch std."),
+    drop_flat_groups: bool = typer.Option(
+        True, "--drop-flat-groups/--keep-flat-groups", help="ddpo/pg with group advantages: skip groups without spread."
+    ),
     kl_weight: float = typer.Option(0.0, "--kl-weight", help="pg: DPOK's KL weight (0.01 reproduces DPOK)."),
+    pg_full_batch: bool = typer.Option(
+        True, "--pg-full-batch/--pg-minibatches", help="pg: one update per epoch, or one per --train-batch-size."
+    ),
     lora_rank: int = typer.Option(4, "--lora-rank", min=1, help="LoRA rank (the paper: 4)."),
     lora_targets: str = typer.Option("to_q,to_k,to_v,to_out.0", "--lora-targets", help="LoRA target modules."),
     steps: o.Steps = 20,
@@ -134,6 +162,7 @@ def train(
         template=template,
         model=str(model) if model else None,
         prompts=prompts,
+        prompts_per_epoch=prompts_per_epoch,
         samples_per_prompt=samples_per_prompt,
         epochs=epochs,
         seed=seed,
@@ -142,6 +171,7 @@ def train(
         clip_checkpoint=str(clip_checkpoint) if clip_checkpoint else None,
         eval_every=eval_every,
         eval_samples_per_prompt=eval_samples_per_prompt,
+        eval_steps=eval_steps,
         eval_splits=tuple(part.strip() for part in eval_splits.split(",") if part.strip()),
         batch_size=batch_size,
         sampler=SamplerConfig(num_steps=steps, eta=eta, guidance_scale=guidance),
@@ -153,12 +183,20 @@ def train(
             lr=lr,
             inner_epochs=inner_epochs,
             batch_size=train_batch_size,
+            micro_batch_size=micro_batch_size,
+            timestep_sampling=timestep_sampling,
             timestep_fraction=timestep_fraction,
             exclude_last_steps=exclude_last_steps,
         ),
         dpo=DPOSettings(beta=beta, eps=dpo_eps, require_win=dpo_require_win),
-        ddpo=DDPOSettings(clip_range=clip_range, adv_clip_max=adv_clip),
-        pg=PGSettings(kl_weight=kl_weight),
+        ddpo=DDPOSettings(
+            clip_range=clip_range,
+            adv_clip_max=adv_clip,
+            advantages=advantages,
+            adv_std=adv_std,
+            drop_flat_groups=drop_flat_groups,
+        ),
+        pg=PGSettings(kl_weight=kl_weight, full_batch=pg_full_batch),
     )
     if resume:
         stored = TrainConfig.load(out / "config.json") if (out / "config.json").is_file() else None

@@ -62,6 +62,12 @@ class OptimSettings:
     """Passes over each epoch's data (ddpo-pytorch: 1; the D-Fusion paper: 2)."""
     batch_size: int = 8
     """Training examples (pairs for dpo, samples for ddpo/pg) per optimizer step, over all processes."""
+    micro_batch_size: int = 16
+    """Examples per forward/backward pass (compute only): a larger optimizer batch accumulates gradients over
+    micro-batches of this size, so one step can see many examples at the CPU's or GPU's throughput optimum."""
+    timestep_sampling: str = "shared"
+    """Which denoising steps an example trains on: ``shared`` (one draw per optimizer step, the same for every row)
+    or ``per-sample`` (each example its own draw, as ddpo-pytorch permutes timesteps per sample)."""
     timestep_fraction: float = 1.0
     """Fraction of the denoising steps trained on per example (ddpo-pytorch's timestep_fraction; 1 = all)."""
     exclude_last_steps: int = 0
@@ -85,14 +91,28 @@ class DPOSettings:
     require_win: bool = True
 
 
+ADVANTAGES = ("prompt-stats", "group")
+ADV_STDS = ("group", "batch")
+TIMESTEP_SAMPLING = ("shared", "per-sample")
+
+
 @dataclass(frozen=True)
 class DDPOSettings:
-    """ddpo-pytorch defaults: PPO clip range 1e-4, advantage clip 5, per-prompt stats (buffer 32, min count 16)."""
+    """ddpo-pytorch defaults: PPO clip range 1e-4, advantage clip 5, per-prompt stats (buffer 32, min count 16).
+
+    The advantage settings serve ddpo and pg alike: ``prompt-stats`` (ddpo-pytorch: running per-prompt statistics
+    over the last ``stat_buffer`` scores) or ``group`` (Flow-GRPO: the current epoch's group of the prompt, its mean
+    subtracted, divided by the group's or the whole batch's standard deviation per ``adv_std``; with
+    ``drop_flat_groups`` the samples of groups whose scores are all equal, which carry no signal, are not trained).
+    """
 
     clip_range: float = 1e-4
     adv_clip_max: float = 5.0
     stat_buffer: int = 32
     stat_min_count: int = 16
+    advantages: str = "prompt-stats"
+    adv_std: str = "group"
+    drop_flat_groups: bool = True
 
 
 @dataclass(frozen=True)
@@ -100,6 +120,8 @@ class PGSettings:
     """REINFORCE with a per-prompt baseline; ``kl_weight`` adds DPOK's KL surrogate (Fan et al. 2023: 0.01)."""
 
     kl_weight: float = 0.0
+    full_batch: bool = True
+    """One update on the epoch's whole batch (DDPO's SF variant); False: one per ``--train-batch-size`` examples."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +133,8 @@ class TrainConfig:
     """Local diffusers folder; None = the embedded shapes model."""
     prompts: int | None = 8
     """First K prompts of each split (None = all)."""
+    prompts_per_epoch: int | None = None
+    """Train prompts sampled each epoch: K drawn afresh every epoch from the run's train prompts (None = all)."""
     samples_per_prompt: int = 8
     epochs: int = 4
     seed: int = 0
@@ -120,6 +144,9 @@ class TrainConfig:
     clip_checkpoint: str | None = None
     eval_every: int = 1
     eval_samples_per_prompt: int = 4
+    eval_steps: int | None = None
+    """DDIM steps of the evaluation samples (None = the training sampler's ``sampler.num_steps``); Flow-GRPO trains
+    at fewer steps than it evaluates."""
     eval_splits: tuple[str, ...] = ("train", "test")
     """Splits evaluated every ``eval_every`` epochs (the regression check needs only train)."""
     batch_size: int = 16
@@ -146,8 +173,16 @@ class TrainConfig:
             problems.append("--timestep-fraction must lie in (0, 1]")
         if not 0 <= self.optim.exclude_last_steps < self.sampler.num_steps:
             problems.append(f"--exclude-last-steps must lie in [0, --steps) = [0, {self.sampler.num_steps})")
-        if self.optim.batch_size < 1 or self.optim.inner_epochs < 1:
-            problems.append("--train-batch-size and --inner-epochs must be >= 1")
+        if self.optim.batch_size < 1 or self.optim.inner_epochs < 1 or self.optim.micro_batch_size < 1:
+            problems.append("--train-batch-size, --micro-batch-size and --inner-epochs must be >= 1")
+        if self.optim.timestep_sampling not in TIMESTEP_SAMPLING:
+            problems.append(f"--timestep-sampling: use one of {', '.join(TIMESTEP_SAMPLING)}")
+        if self.ddpo.advantages not in ADVANTAGES or self.ddpo.adv_std not in ADV_STDS:
+            problems.append(f"--advantages: one of {', '.join(ADVANTAGES)}; --adv-std: one of {', '.join(ADV_STDS)}")
+        if self.prompts_per_epoch is not None and self.prompts_per_epoch < 1:
+            problems.append("--prompts-per-epoch must be >= 1")
+        if self.eval_steps is not None and self.eval_steps < 1:
+            problems.append("--eval-steps must be >= 1")
         fusion = self.fusion_settings
         pairing = pairing_problem(self.samples_per_prompt, fusion.reference_fraction, fusion.reference_uses)
         if pairing:  # every method ranks and pairs its samples (dpo trains on the pairs, fusion fuses them)
@@ -160,6 +195,13 @@ class TrainConfig:
     @property
     def lr(self) -> float:
         return self.optim.lr
+
+    @property
+    def eval_sampler(self) -> SamplerConfig:
+        """The evaluation sampler: the training sampler, at ``eval_steps`` steps where given."""
+        if self.eval_steps is None:
+            return self.sampler
+        return dataclasses.replace(self.sampler, num_steps=self.eval_steps)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

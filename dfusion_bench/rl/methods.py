@@ -9,12 +9,17 @@
 - ``pg`` (REINFORCE; DDPO's "SF" variant): -A * sum_t log pi_theta, one update per batch; ``kl_weight`` adds DPOK's
   KL surrogate w * mean((eps_theta - eps_ref)^2) against the adapters-disabled model (Fan et al. 2023).
 With fusion, ddpo and pg add the targets to the batch with their own scores and policy log-probs.
+
+Every loss also returns per-row diagnostics, averaged over an epoch's updates into ``train_log.jsonl``, as
+ddpo-pytorch logs them: ``approx_kl`` = 0.5 (log pi_theta - log pi_old)^2 (dpo: against pi_ref) and ``clipped``,
+whether the row's ratio lay outside its clip range (ddpo: |r - 1| > d; dpo: |log rho| beyond log(1 +- eps)).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -23,7 +28,7 @@ from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
 from dfusion_bench.denoise import TextConditioning, encode_text, guided_output
 from dfusion_bench.pairs import Pairs
-from dfusion_bench.rl.advantages import PerPromptStats
+from dfusion_bench.rl.advantages import PerPromptStats, group_advantages
 from dfusion_bench.rl.config import TrainConfig
 from dfusion_bench.rl.lora import reference_policy
 from dfusion_bench.sampling import recompute_log_probs, transition
@@ -50,9 +55,21 @@ class Examples:
     ref_log_probs: list[torch.Tensor]  # dpo: reference-policy log-probs per trajectory set
     old_log_probs: torch.Tensor | None = None  # ddpo/pg: sampling-time log-probs (B, T)
     advantages: torch.Tensor | None = None  # ddpo/pg: (B,)
+    info: dict[str, float] = field(default_factory=dict)  # what the epoch's data held, for the training log
 
     def __len__(self) -> int:
         return len(self.trajs[0])
+
+
+@dataclass
+class StepLoss:
+    """A loss on some rows at one denoising step each: the scalar to backpropagate and per-row diagnostics."""
+
+    loss: torch.Tensor
+    diagnostics: dict[str, torch.Tensor]
+
+
+Steps = int | Sequence[int]  # one denoising step for every row, or one per row
 
 
 class Method:
@@ -60,12 +77,15 @@ class Method:
 
     name = ""
     sum_over_steps = False
-    one_update_per_epoch = False
+
+    def examples_per_step(self, config: TrainConfig, n: int) -> int:
+        """Examples per optimizer step when an epoch holds ``n``: ``--train-batch-size``."""
+        return config.optim.batch_size
 
     def prepare(self, policy: Policy, pairs: Pairs, stats: PerPromptStats) -> Examples:
         raise NotImplementedError
 
-    def step_loss(self, policy: Policy, data: Examples, idx: list[int], step: int) -> torch.Tensor:
+    def step_loss(self, policy: Policy, data: Examples, idx: list[int], step: Steps) -> StepLoss:
         raise NotImplementedError
 
 
@@ -75,6 +95,18 @@ def _text(pipe: StableDiffusionPipeline, traj: Trajectories) -> TextConditioning
 
 def _select(text: TextConditioning, idx: list[int]) -> TextConditioning:
     return text.select(torch.as_tensor(idx, dtype=torch.long, device=text.cond.device))
+
+
+def _at(values: torch.Tensor, idx: list[int], step: Steps) -> torch.Tensor:
+    """``values[idx, step]`` of a (B, T) table, with ``step`` one index for all rows or one per row."""
+    rows = torch.as_tensor(idx, dtype=torch.long)
+    steps = torch.as_tensor(step if isinstance(step, int) else list(step), dtype=torch.long).expand(len(rows))
+    return values[rows, steps]
+
+
+def _approx_kl(logp: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """ddpo-pytorch's per-row approximate KL, 0.5 (log pi - log pi_old)^2."""
+    return 0.5 * (logp.detach() - old) ** 2
 
 
 def winning_pairs(pairs: Pairs, config: TrainConfig) -> list[int]:
@@ -95,9 +127,10 @@ class DPO(Method):
 
     def prepare(self, policy: Policy, pairs: Pairs, stats: PerPromptStats) -> Examples:
         traj, keep = pairs.samples.trajectories, winning_pairs(pairs, policy.config)
+        info = {"pairs": float(len(pairs.triples)), "pairs_trained": float(len(keep))}
         if not keep:  # nothing to learn from this epoch (the update is skipped)
             none = traj.select([])
-            return Examples([none, none], [], [])
+            return Examples([none, none], [], [], info=info)
         losers = traj.select([pairs.triples[i].base for i in keep])
         if policy.config.fusion:
             winners = pairs.fusion.targets.select(keep)
@@ -105,9 +138,9 @@ class DPO(Method):
             winners = traj.select([pairs.triples[i].reference for i in keep])
         with reference_policy(policy.unet):
             refs = [recompute_log_probs(policy.pipe, t, unet=policy.unet) for t in (winners, losers)]
-        return Examples([winners, losers], [_text(policy.pipe, winners), _text(policy.pipe, losers)], refs)
+        return Examples([winners, losers], [_text(policy.pipe, winners), _text(policy.pipe, losers)], refs, info=info)
 
-    def step_loss(self, policy: Policy, data: Examples, idx: list[int], step: int) -> torch.Tensor:
+    def step_loss(self, policy: Policy, data: Examples, idx: list[int], step: Steps) -> StepLoss:
         cfg = policy.config
         w, lo = data.trajs
         text = TextConditioning(
@@ -115,35 +148,61 @@ class DPO(Method):
             torch.cat([_select(data.texts[0], idx).uncond, _select(data.texts[1], idx).uncond]),
         )
         latents = torch.cat([w.latents[idx], lo.latents[idx]])
-        _, logp = transition(policy.pipe, policy.model, text, latents, w.timesteps, step, cfg.sampler)
-        ref = torch.cat([data.ref_log_probs[0][idx, step], data.ref_log_probs[1][idx, step]]).to(logp.device)
-        log_ratio = (logp - ref).clamp(math.log(1 - cfg.dpo.eps), math.log(1 + cfg.dpo.eps))
-        lr_w, lr_l = log_ratio.chunk(2)
-        return -F.logsigmoid(cfg.dpo.beta * (lr_w - lr_l)).mean()
+        both = step if isinstance(step, int) else [*step, *step]
+        _, logp = transition(policy.pipe, policy.model, text, latents, w.timesteps, both, cfg.sampler)
+        ref = torch.cat([_at(data.ref_log_probs[0], idx, step), _at(data.ref_log_probs[1], idx, step)])
+        ref = ref.to(logp.device)
+        low, high = math.log(1 - cfg.dpo.eps), math.log(1 + cfg.dpo.eps)
+        raw = logp - ref
+        lr_w, lr_l = raw.clamp(low, high).chunk(2)
+        clipped = ((raw.detach() < low) | (raw.detach() > high)).float()
+        diagnostics = {
+            "approx_kl": _approx_kl(logp, ref).view(2, -1).mean(0),
+            "clipped": clipped.view(2, -1).mean(0),
+            "winner_ahead": (lr_w.detach() > lr_l.detach()).float(),  # the implicit reward prefers the winner
+        }
+        return StepLoss(-F.logsigmoid(cfg.dpo.beta * (lr_w - lr_l)).mean(), diagnostics)
 
 
 class _Advantaged(Method):
     """Shared data preparation of ddpo and pg: samples (plus fused targets) with per-prompt advantages."""
 
     def prepare(self, policy: Policy, pairs: Pairs, stats: PerPromptStats) -> Examples:
+        cfg = policy.config.ddpo
         traj, scores = pairs.samples.trajectories, pairs.samples.scores.scores
+        n_targets = 0
         if policy.config.fusion and pairs.fusion is not None:
             traj = Trajectories.cat([traj, pairs.fusion.targets])
             scores = np.concatenate([scores, pairs.target_scores.scores])
-        adv = stats.advantages(traj.prompts, scores)
+            n_targets = len(pairs.fusion.targets)
+        if cfg.advantages == "group":
+            adv, informative = group_advantages(traj.prompts, scores, cfg.adv_std)
+        else:
+            adv, informative = stats.advantages(traj.prompts, scores), np.ones(len(scores), dtype=bool)
+        info = {
+            "reward_mean": float(np.mean(scores)),
+            "reward_std": float(np.std(scores)),
+            "zero_advantage_share": float(np.mean(adv == 0)),
+            "targets": float(n_targets),
+        }
+        if cfg.advantages == "group" and cfg.drop_flat_groups:
+            keep = np.flatnonzero(informative).tolist()
+            traj, adv = traj.select(keep), adv[keep]
+        info["examples_trained"] = float(len(traj))
         return Examples(
             [traj],
-            [_text(policy.pipe, traj)],
+            [_text(policy.pipe, traj)] if len(traj) else [],
             [],
             old_log_probs=traj.log_probs,
             advantages=torch.as_tensor(adv, dtype=torch.float32),
+            info=info,
         )
 
 
 class DDPO(_Advantaged):
     name = "ddpo"
 
-    def step_loss(self, policy: Policy, data: Examples, idx: list[int], step: int) -> torch.Tensor:
+    def step_loss(self, policy: Policy, data: Examples, idx: list[int], step: Steps) -> StepLoss:
         cfg = policy.config.ddpo
         traj = data.trajs[0]
         _, logp = transition(
@@ -156,29 +215,43 @@ class DDPO(_Advantaged):
             policy.config.sampler,
         )
         adv = data.advantages[idx].to(logp.device).clamp(-cfg.adv_clip_max, cfg.adv_clip_max)
-        ratio = torch.exp(logp - data.old_log_probs[idx, step].to(logp.device))
+        old = _at(data.old_log_probs, idx, step).to(logp.device)
+        ratio = torch.exp(logp - old)
         unclipped = -adv * ratio
         clipped = -adv * ratio.clamp(1.0 - cfg.clip_range, 1.0 + cfg.clip_range)
-        return torch.maximum(unclipped, clipped).mean()
+        diagnostics = {
+            "approx_kl": _approx_kl(logp, old),
+            "clipped": ((ratio.detach() - 1.0).abs() > cfg.clip_range).float(),
+        }
+        return StepLoss(torch.maximum(unclipped, clipped).mean(), diagnostics)
 
 
 class PG(_Advantaged):
     name = "pg"
     sum_over_steps = True
-    one_update_per_epoch = True
 
-    def step_loss(self, policy: Policy, data: Examples, idx: list[int], step: int) -> torch.Tensor:
+    def examples_per_step(self, config: TrainConfig, n: int) -> int:
+        """One REINFORCE step on the whole epoch (DDPO's SF variant), or minibatches of ``--train-batch-size``."""
+        return n if config.pg.full_batch else config.optim.batch_size
+
+    def step_loss(self, policy: Policy, data: Examples, idx: list[int], step: Steps) -> StepLoss:
         cfg = policy.config
         traj, text = data.trajs[0], _select(data.texts[0], idx)
         eps, logp = transition(policy.pipe, policy.model, text, traj.latents[idx], traj.timesteps, step, cfg.sampler)
         adv = data.advantages[idx].to(logp.device)
         loss = -(adv * logp).mean()
+        diagnostics = {"approx_kl": _approx_kl(logp, _at(data.old_log_probs, idx, step).to(logp.device))}
         if cfg.pg.kl_weight > 0:
+            rows = torch.as_tensor(idx, dtype=torch.long)
+            steps = torch.as_tensor(step if isinstance(step, int) else list(step), dtype=torch.long)
             with torch.no_grad(), reference_policy(policy.unet):
-                x_t = traj.latents[idx, step].to(eps.device)
-                eps_ref = guided_output(policy.unet, x_t, int(traj.timesteps[step]), text, cfg.sampler.guidance_scale)
-            loss = loss + cfg.pg.kl_weight * ((eps - eps_ref) ** 2).mean()
-        return loss
+                x_t = traj.latents[rows, steps.expand(len(rows))].to(eps.device)
+                t = traj.timesteps[steps.expand(len(rows))]
+                eps_ref = guided_output(policy.unet, x_t, t, text, cfg.sampler.guidance_scale)
+            sq = (eps - eps_ref) ** 2
+            loss = loss + cfg.pg.kl_weight * sq.mean()
+            diagnostics["kl_surrogate"] = sq.detach().mean(dim=tuple(range(1, sq.ndim)))
+        return StepLoss(loss, diagnostics)
 
 
 METHODS: dict[str, type[Method]] = {"dpo": DPO, "ddpo": DDPO, "pg": PG}

@@ -65,9 +65,29 @@ def _digest(state: dict[str, torch.Tensor]) -> str:
 
 def trained_steps(n_steps: int, optim: OptimSettings) -> tuple[int, int]:
     """(steps eligible for training, steps trained per example): the first ``n_steps - exclude_last_steps``
-    denoising steps are eligible, and ``timestep_fraction`` of them (at least one) are drawn per minibatch."""
+    denoising steps are eligible, and ``timestep_fraction`` of them (at least one) are drawn per example."""
     eligible = n_steps - optim.exclude_last_steps
     return eligible, max(1, round(optim.timestep_fraction * eligible))
+
+
+def step_plan(rng: np.random.Generator, rows: int, eligible: int, k: int, sampling: str) -> np.ndarray:
+    """The denoising steps each of ``rows`` examples trains on, (rows, k), each row sorted: all eligible steps when
+    ``k == eligible``; else ``k`` drawn without replacement, once for the whole minibatch (``shared``) or per row
+    (``per-sample``)."""
+    if k >= eligible:
+        return np.tile(np.arange(eligible), (rows, 1))
+    if sampling == "shared":
+        return np.tile(np.sort(rng.choice(eligible, size=k, replace=False)), (rows, 1))
+    return np.stack([np.sort(rng.choice(eligible, size=k, replace=False)) for _ in range(rows)])
+
+
+def epoch_prompts(n_prompts: int, per_epoch: int | None, seed: int, epoch: int) -> list[int]:
+    """Indices of the train prompts sampled in ``epoch``: all of them, or ``per_epoch`` drawn afresh each epoch
+    (sorted; a pure function of the run's seed and the epoch)."""
+    if per_epoch is None or per_epoch >= n_prompts:
+        return list(range(n_prompts))
+    rng = np.random.default_rng([seed, epoch, 29])
+    return sorted(rng.choice(n_prompts, size=per_epoch, replace=False).tolist())
 
 
 class Trainer:
@@ -145,7 +165,7 @@ class Trainer:
                     [self.scorer],
                     entries,
                     self.cfg.eval_samples_per_prompt,
-                    self.cfg.sampler,
+                    self.cfg.eval_sampler,
                     self.cfg.batch_size,
                     progress=progress,
                     label=f"eval {split} (epoch {epoch})",
@@ -162,6 +182,7 @@ class Trainer:
                     "split": split,
                     "mean_score": summary["mean_score"],
                     "aligned_rate": summary["aligned_rate"],
+                    "facts": summary.get("fact_rates") or None,
                     "samples_seen": self.samples_seen,
                     "wall_time_s": self.elapsed,
                     "scorer": self.scorer.name,
@@ -170,17 +191,18 @@ class Trainer:
             )
         return time.perf_counter() - t0
 
-    def _update(self, epoch: int, data: Examples, progress: Progress) -> float:
-        """All optimizer steps of one epoch; returns the mean per-step loss."""
+    def _update(self, epoch: int, data: Examples, progress: Progress) -> dict[str, float]:
+        """All optimizer steps of one epoch; returns the mean per-step loss and the mean of each diagnostic."""
         cfg, n, n_steps = self.cfg, len(data), len(data.trajs[0].timesteps)
         if n == 0:
-            return float("nan")
+            return {"loss": float("nan")}
         self.unet.train()
-        losses = []
+        losses, diagnostics = [], {}
         eligible, k = trained_steps(n_steps, cfg.optim)
         weight = (eligible / k) if self.method.sum_over_steps else 1.0 / k
         world, rank = self.dist.world, self.dist.rank
-        per_step = n if self.method.one_update_per_epoch else cfg.optim.batch_size
+        per_step = self.method.examples_per_step(cfg, n)
+        micro = cfg.optim.micro_batch_size
         n_updates = cfg.optim.inner_epochs * -(-n // per_step)
         advance = advance_callback(progress, f"update ({self.method.name})", n_updates)
         for inner in range(cfg.optim.inner_epochs):
@@ -188,28 +210,38 @@ class Trainer:
             order = rng.permutation(n)
             for start in range(0, n, per_step):
                 batch = order[start : start + per_step].tolist()
-                steps = np.sort(rng.choice(eligible, size=k, replace=False)) if k < eligible else np.arange(eligible)
-                local = batch[rank::world]
-                micro = cfg.optim.batch_size
+                plan = step_plan(rng, len(batch), eligible, k, cfg.optim.timestep_sampling)
+                local, local_plan = batch[rank::world], plan[rank::world]
                 n_chunks = math.ceil(math.ceil(len(batch) / world) / micro)  # chunks of the largest process share
                 for c in range(n_chunks):
                     chunk = local[c * micro : (c + 1) * micro]
                     # this process's part of the minibatch mean (DDP averages over processes, hence * world);
                     # a process with no rows left still joins every gradient all-reduce, with weight 0
                     share = len(chunk) * world / len(batch)
-                    rows = chunk or batch[:1]
-                    for j in steps.tolist():
-                        loss = self.method.step_loss(self.policy, data, rows, j)
-                        self.accelerator.backward(loss * weight * share)
+                    rows, steps = (chunk, local_plan[c * micro : (c + 1) * micro]) if chunk else (batch[:1], plan[:1])
+                    for p in range(k):
+                        column = steps[:, p].tolist()
+                        step = column[0] if cfg.optim.timestep_sampling == "shared" else column
+                        out = self.method.step_loss(self.policy, data, rows, step)
+                        self.accelerator.backward(out.loss * weight * share)
                         if chunk:
-                            losses.append(float(loss.detach()))
+                            losses.append(float(out.loss.detach()))
+                            for name, values in out.diagnostics.items():
+                                diagnostics.setdefault(name, []).append(values.float().cpu())
                 self.accelerator.clip_grad_norm_(self.params, cfg.optim.grad_clip)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 advance(1)
         self.unet.eval()
         self._check_in_sync()
-        return float(np.mean(losses)) if losses else float("nan")
+        totals = {"loss": (float(np.sum(losses)), len(losses))}
+        totals.update({name: (float(torch.cat(v).sum()), sum(len(x) for x in v)) for name, v in diagnostics.items()})
+        summary = {}
+        for name in totals:  # means over every process's rows
+            parts = [t[name] for t in self.dist.gather([totals])]
+            count = sum(c for _, c in parts)
+            summary[name] = sum(s for s, _ in parts) / count if count else float("nan")
+        return summary
 
     def _check_in_sync(self) -> list[str]:
         """SHA-256 of the LoRA weights on every process; they must agree (ddpo-pytorch #10 must not happen here)."""
@@ -222,13 +254,14 @@ class Trainer:
     def _epoch(self, epoch: int, progress: Progress) -> None:
         cfg, timing = self.cfg, {}
         t0 = time.perf_counter()
-        seeds = sample_seeds(cfg.seed, epoch, len(self.train_entries), cfg.samples_per_prompt)
+        chosen = epoch_prompts(len(self.train_entries), cfg.prompts_per_epoch, cfg.seed, epoch)
+        all_seeds = sample_seeds(cfg.seed, epoch, len(self.train_entries), cfg.samples_per_prompt)
         with torch.no_grad():
             samples = sample_and_score(
                 self.pipe,
                 self.scorer,
-                self.train_entries,
-                seeds,
+                [self.train_entries[p] for p in chosen],
+                [all_seeds[p] for p in chosen],  # a prompt's seeds do not depend on which others were drawn
                 cfg.sampler,
                 cfg.batch_size,
                 progress=progress,
@@ -250,7 +283,7 @@ class Trainer:
             timing["scoring_s"] += pairs.timing.get("scoring_s", 0.0)  # scoring the targets
             data = self.method.prepare(self.policy, pairs, self.stats)
         t2 = time.perf_counter()
-        loss = self._update(epoch, data, progress)
+        update = self._update(epoch, data, progress)
         timing["update_s"] = time.perf_counter() - t2
         self.samples_seen += len(samples.trajectories)
         self.elapsed += time.perf_counter() - t0
@@ -265,13 +298,17 @@ class Trainer:
             TRAIN_LOG,
             {
                 "epoch": epoch,
-                "loss": loss,
+                **update,  # loss and the methods' diagnostics (approx_kl, clipped, ...)
                 "batch_mean_score": float(np.mean(samples.scores.scores)),
+                "batch_score_std": float(np.std(samples.scores.scores)),
                 "batch_aligned_rate": None
                 if samples.scores.aligned is None
                 else float(np.mean(samples.scores.aligned)),
+                "batch_fact_rates": samples.scores.fact_rates() or None,
+                "prompts": [self.train_entries[p].prompt for p in chosen] if cfg.prompts_per_epoch else None,
                 "n_pairs": len(pairs.triples),
                 "n_examples": len(data),
+                "data": data.info,  # rewards, zero-advantage share, pairs and targets trained
                 "target_beats_base": beats,
                 "pair_fact_rates": pairs.fact_rates() or None,  # facts held by references, bases, targets
                 "samples_seen": self.samples_seen,

@@ -50,7 +50,7 @@ def epoch_gradient(policy: Policy, data) -> None:
     for start in range(0, n, 4):
         rows = list(range(start, min(n, start + 4)))
         for j in range(eligible):
-            loss = method.step_loss(policy, data, rows, j) * len(rows) / (n * eligible)
+            loss = method.step_loss(policy, data, rows, j).loss * len(rows) / (n * eligible)
             loss.backward()
 
 
