@@ -22,9 +22,9 @@ from dfusion_bench.rl.trainer import Trainer
 from dfusion_bench.scorers import get_scorer
 from dfusion_bench.seeding import sample_seeds
 from dfusion_bench.session import ModelChoice, pick_dtype
+from dfusion_bench.settings import SamplerConfig
 from dfusion_bench.templates import load_suite
 from dfusion_bench.tiny import save_tiny_pipeline
-from dfusion_bench.trajectories import SamplerConfig
 
 
 def _sync(device: torch.device) -> None:

@@ -23,8 +23,8 @@ from dfusion_bench.distributed import SINGLE, Distributor
 from dfusion_bench.pairs import sample_and_score, score_trajectories
 from dfusion_bench.scorers.base import Scorer
 from dfusion_bench.seeding import eval_seeds
+from dfusion_bench.settings import SamplerConfig
 from dfusion_bench.templates import PromptEntry
-from dfusion_bench.trajectories import SamplerConfig
 
 GRID_IMAGE = 64  # pixels per image in evaluation grids
 

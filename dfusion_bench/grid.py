@@ -21,8 +21,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-METHODS = ("dpo", "ddpo", "pg")
-SUITES = ("shapes-objects", "shapes-binding", "shapes-spatial")
+from dfusion_bench.rl.config import METHODS
+from dfusion_bench.world.suites import SHAPES_SUITES as SUITES
 
 #: One run of the grid on the embedded model, sized to stay under ~20 minutes on one core of a 2-core laptop CPU.
 GRID_CONFIG = [
@@ -99,15 +99,17 @@ def is_exported(dest: Path, epochs: int, extra: list[str] | tuple[str, ...] = ()
     passes (:func:`grid_options`): such a cell is done even where its run folder (with the checkpoints) is gone, e.g.
     in a fresh clone that holds the committed results. A run exported under any other value of them (another sample
     count, the first model's grid, all steps trained) is not."""
-    from dfusion_bench.cli.train import OPTION_PATHS, flat_config
+    from dfusion_bench.cli.train import config_paths
+    from dfusion_bench.options import flatten
     from dfusion_bench.rl.config import TrainConfig
 
     if not all((dest / name).is_file() for name in EXPORTED_FILES):
         return False
-    stored = flat_config(TrainConfig.load(dest / "config.json").to_dict())  # fields it lacks: their defaults
+    stored = flatten(TrainConfig.load(dest / "config.json").to_dict())  # fields it lacks: their defaults
+    paths = config_paths()
     for option, value in grid_options(extra).items():
-        paths = [p for p in OPTION_PATHS.get(option, (option,)) if p in stored]
-        if option != "epochs" and not all(_agrees(stored[p], value) for p in paths):
+        path = paths.get(option, option)
+        if option != "epochs" and path in stored and not _agrees(stored[path], value):
             return False
     rows = (dest / "metrics.jsonl").read_text().splitlines()
     return any(json.loads(line).get("epoch") == epochs for line in rows if line.strip())

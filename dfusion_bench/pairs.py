@@ -18,8 +18,9 @@ from dfusion_bench.fusion import FusionConfig, FusionResult, Triple, fuse_triple
 from dfusion_bench.progress import advance_callback
 from dfusion_bench.sampling import sample
 from dfusion_bench.scorers.base import Scorer, Scores
+from dfusion_bench.settings import SamplerConfig
 from dfusion_bench.templates import PromptEntry
-from dfusion_bench.trajectories import SamplerConfig, Trajectories
+from dfusion_bench.trajectories import Trajectories
 
 
 @dataclass

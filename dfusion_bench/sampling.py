@@ -15,7 +15,8 @@ from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
 from dfusion_bench.denoise import TextConditioning, encode_text, guided_output
 from dfusion_bench.logprob import ddim_step, prev_timestep_of, require_stochastic
-from dfusion_bench.trajectories import SamplerConfig, Trajectories
+from dfusion_bench.settings import SamplerConfig
+from dfusion_bench.trajectories import Trajectories
 
 #: Called after each denoising step with the step index (0 = noisiest); used by fusion to advance its controller.
 StepHook = Callable[[int], None]

@@ -12,6 +12,7 @@ from dfusion_bench.errors import UserError
 from dfusion_bench.models import check_pipeline_folder, is_world_model, load_pipeline, resolve_model
 from dfusion_bench.scorers import available_scorers, get_scorer
 from dfusion_bench.scorers.base import Scorer
+from dfusion_bench.settings import CLIP_MODEL
 
 
 def use_cpu(device: str | None) -> bool:
@@ -70,7 +71,7 @@ def make_scorer(
     model: ModelChoice,
     prompts: list[str],
     device: torch.device,
-    clip_model: str = "ViT-H-14",
+    clip_model: str = CLIP_MODEL.default,
     clip_checkpoint: Path | None = None,
 ) -> Scorer:
     """Build and check a scorer before any sampling: unknown names, missing checkpoints and prompts the verifier

@@ -16,15 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from dfusion_bench import atomic
 from dfusion_bench.errors import UserError
-
-
-@dataclass(frozen=True)
-class SamplerConfig:
-    """DDIM sampling. Defaults are those of DDPO and D3PO (and the D-Fusion paper): 20 steps, eta 1, CFG 5."""
-
-    num_steps: int = 20
-    eta: float = 1.0
-    guidance_scale: float = 5.0
+from dfusion_bench.settings import SamplerConfig
 
 
 @dataclass

@@ -14,7 +14,7 @@ from dfusion_bench.fusion.layers import default_mask_resolution, select_cross_at
 from dfusion_bench.fusion.masks import binarize, otsu_threshold, resize_mask, union
 from dfusion_bench.fusion.tokens import word_token_positions
 from dfusion_bench.sampling import recompute_log_probs, sample
-from dfusion_bench.trajectories import SamplerConfig
+from dfusion_bench.settings import SamplerConfig
 
 PROMPT = "a black and woolen bus"
 CFG = SamplerConfig(num_steps=6)

@@ -47,7 +47,7 @@ def _grid_config(**changes: object) -> str:
     """A config.json as a grid run writes it: the defaults with every grid option set, then ``changes`` (dotted)."""
     import json
 
-    from dfusion_bench.cli.train import OPTION_PATHS
+    from dfusion_bench.cli.train import config_paths
     from dfusion_bench.grid import grid_options
     from dfusion_bench.rl.config import TrainConfig
 
@@ -61,8 +61,7 @@ def _grid_config(**changes: object) -> str:
         node[leaf] = json.loads(value) if isinstance(value, str) else value  # the grid's values are numbers
 
     for option, value in grid_options().items():
-        for path in OPTION_PATHS.get(option, (option,)):
-            put(path, value)
+        put(config_paths().get(option, option), value)
     for path, value in changes.items():
         put(path, value)
     return json.dumps(tree)

@@ -9,7 +9,7 @@ from diffusers import DDIMScheduler
 from dfusion_bench.errors import UserError
 from dfusion_bench.logprob import ddim_step, prev_timestep_of, step_distribution
 from dfusion_bench.sampling import recompute_log_probs, sample
-from dfusion_bench.trajectories import SamplerConfig
+from dfusion_bench.settings import SamplerConfig
 
 
 def _scheduler(prediction_type: str = "epsilon") -> DDIMScheduler:

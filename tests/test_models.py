@@ -465,7 +465,7 @@ def test_a_folder_with_another_scheduler_samples_with_ddim(tmp_path) -> None:
     from diffusers import DDIMScheduler, PNDMScheduler
 
     from dfusion_bench.sampling import sample
-    from dfusion_bench.trajectories import SamplerConfig
+    from dfusion_bench.settings import SamplerConfig
 
     folder = save_tiny_pipeline(tmp_path / "pndm")
     pndm = PNDMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, skip_prk_steps=True,

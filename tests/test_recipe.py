@@ -17,7 +17,7 @@ from dfusion_bench.rl.config import DDPOSettings, OptimSettings, PGSettings, Tra
 from dfusion_bench.rl.methods import METHODS
 from dfusion_bench.rl.trainer import epoch_prompts, step_plan
 from dfusion_bench.sampling import sample, transition
-from dfusion_bench.trajectories import SamplerConfig
+from dfusion_bench.settings import SamplerConfig
 
 TINY = ["--template", "paper-t1", "--prompts", "2", "--scorer", "compressibility", "--steps", "4"]
 
@@ -99,14 +99,14 @@ def test_new_options_are_validated_and_round_trip() -> None:
     del old["optim"]["micro_batch_size"], old["ddpo"]["advantages"], old["prompts_per_epoch"], old["eval_steps"]
     assert TrainConfig.from_dict(old) == TrainConfig()
     for bad, match in (
-        ({"optim": OptimSettings(timestep_sampling="each")}, "--timestep-sampling"),
-        ({"optim": OptimSettings(micro_batch_size=0)}, "--micro-batch-size"),
-        ({"ddpo": DDPOSettings(advantages="grpo")}, "--advantages"),
-        ({"prompts_per_epoch": 0}, "--prompts-per-epoch"),
-        ({"eval_steps": 0}, "--eval-steps"),
+        (lambda: OptimSettings(timestep_sampling="each"), "--timestep-sampling"),
+        (lambda: OptimSettings(micro_batch_size=0), "--micro-batch-size"),
+        (lambda: DDPOSettings(advantages="grpo"), "--advantages"),
+        (lambda: TrainConfig(prompts_per_epoch=0), "--prompts-per-epoch"),
+        (lambda: TrainConfig(eval_steps=0), "--eval-steps"),
     ):
         with pytest.raises(UserError, match=match):
-            TrainConfig(**bad)
+            bad()
 
 
 def test_examples_per_optimizer_step() -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from dfusion_bench.sampling import noise_stream, sample
-from dfusion_bench.trajectories import SamplerConfig, Trajectories
+from dfusion_bench.settings import SamplerConfig
+from dfusion_bench.trajectories import Trajectories
 
 CFG = SamplerConfig(num_steps=8)
 

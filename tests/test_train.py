@@ -27,8 +27,8 @@ from dfusion_bench.rl.methods import METHODS, Policy, winning_pairs
 from dfusion_bench.rl.trainer import trained_steps
 from dfusion_bench.runinfo import model_digest
 from dfusion_bench.scorers import get_scorer
+from dfusion_bench.settings import SamplerConfig
 from dfusion_bench.templates import PromptEntry
-from dfusion_bench.trajectories import SamplerConfig
 
 TINY_RUN = ["--template", "paper-t1", "--prompts", "2", "--scorer", "compressibility", "--steps", "4"]
 

@@ -1,97 +1,67 @@
-"""``dfusion fuse``: sample a suite's prompts, score, build D-Fusion triples, and write them out."""
+"""``dfusion fuse``: sample a suite's prompts, score, build D-Fusion triples, and write them out.
+
+Its options are the fields of :class:`~dfusion_bench.settings.FuseConfig` and
+:class:`~dfusion_bench.settings.RunOptions`, derived by :mod:`dfusion_bench.cli.derive`.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
 
 import typer
 
-from dfusion_bench.cli import options as o
-from dfusion_bench.errors import UserError
+from dfusion_bench.cli.derive import Given, derived_command
+from dfusion_bench.options import build
+from dfusion_bench.settings import FuseConfig, RunOptions, resolve_paths
+
+SECTIONS = {"config": FuseConfig, "run": RunOptions}
 
 
-def fuse(
-    template: o.Template,
-    split: o.Split,
-    out: o.Out,
-    samples_per_prompt: int = typer.Option(
-        8, "--samples-per-prompt", min=1, help="Samples per prompt (N); refs = top N/4, bases = bottom N/2."
-    ),
-    model: o.Model = None,
-    prompts: o.Prompts = None,
-    scorer: o.Scorer = None,
-    clip_model: o.ClipModel = "ViT-H-14",
-    clip_checkpoint: o.ClipCheckpoint = None,
-    seed: o.Seed = 0,
-    steps: o.Steps = 20,
-    eta: o.Eta = 1.0,
-    guidance: o.Guidance = 5.0,
-    threshold: o.Threshold = "suite",
-    mask_resolution: o.MaskResolution = None,
-    fuse_layers: o.FuseLayers = "mid_block,up_blocks",
-    skip_first_steps: o.SkipFirstSteps = 2,
-    reference_fraction: o.ReferenceFraction = 0.25,
-    reference_uses: o.ReferenceUses = 2,
-    batch_size: o.BatchSize = 16,
-    device: o.Device = None,
-    dtype: o.Dtype = None,
-    overwrite: o.Overwrite = False,
-) -> None:
-    """Build D-Fusion (reference, base, target) triples for a prompt suite and write images, masks and trajectories."""
+def run_fuse(given: Given) -> None:
     from dfusion_bench import fuse_output
-    from dfusion_bench.fusion.triples import pairing_problem
-    from dfusion_bench.logprob import require_stochastic
     from dfusion_bench.pairs import build_pairs, sample_and_score
     from dfusion_bench.progress import progress_bar
     from dfusion_bench.runinfo import check_out_dir, staged_dir, write_run_info
     from dfusion_bench.seeding import sample_seeds
     from dfusion_bench.session import ModelChoice, make_scorer, pick_device, pick_dtype
     from dfusion_bench.templates import load_suite
-    from dfusion_bench.trajectories import SamplerConfig
 
-    suite = load_suite(template)
-    entries = list(suite.split(split))[:prompts]
-    check_out_dir(out, overwrite)
-    require_stochastic(eta)
-    fusion = o.fusion_config(
-        threshold, mask_resolution, fuse_layers, skip_first_steps, reference_fraction, reference_uses
-    )
-    problem = pairing_problem(samples_per_prompt, fusion.reference_fraction, fusion.reference_uses)
-    if problem:
-        raise UserError(f"--samples-per-prompt: {problem}")
-    choice = ModelChoice.check(model)
-    dev = pick_device(device)
-    dt = pick_dtype(dev, dtype)
-    score_fn = make_scorer(scorer, choice, [e.prompt for e in entries], dev, clip_model, clip_checkpoint)
-    sampler = SamplerConfig(num_steps=steps, eta=eta, guidance_scale=guidance)
+    config: FuseConfig = resolve_paths(build(FuseConfig, given.section("config")))
+    run: RunOptions = build(RunOptions, given.section("run"))
+    suite = load_suite(config.template)
+    entries = list(suite.split(config.split))[: config.prompts]
+    check_out_dir(run.out, run.overwrite)
+    choice = ModelChoice.check(Path(config.model) if config.model else None)
+    dev = pick_device(run.device)
+    dt = pick_dtype(dev, run.dtype)
+    checkpoint = Path(config.clip_checkpoint) if config.clip_checkpoint else None
+    score_fn = make_scorer(config.scorer, choice, [e.prompt for e in entries], dev, config.clip_model, checkpoint)
     pipe = choice.load(dev, dt)
-    seeds = sample_seeds(seed, 0, len(entries), samples_per_prompt)
-    with staged_dir(out, overwrite) as stage, progress_bar() as progress:
+    seeds = sample_seeds(config.seed, 0, len(entries), config.samples_per_prompt)
+    batch = config.batch_size
+    with staged_dir(run.out, run.overwrite) as stage, progress_bar() as progress:
         t0 = time.perf_counter()
-        samples = sample_and_score(pipe, score_fn, entries, seeds, sampler, batch_size, progress=progress)
+        samples = sample_and_score(pipe, score_fn, entries, seeds, config.sampler, batch, progress=progress)
         t1 = time.perf_counter()
-        pairs = build_pairs(pipe, score_fn, samples, fusion, fuse=True, batch_size=batch_size, progress=progress)
+        pairs = build_pairs(pipe, score_fn, samples, config.fusion, fuse=True, batch_size=batch, progress=progress)
         t2 = time.perf_counter()
         timing = {"sampling_s": t1 - t0, "fusion_s": t2 - t1, "samples": len(samples.trajectories)}
-        manifest = fuse_output.write(stage, pairs, {"scorer": score_fn.name, "split": split, "timing": timing})
-        config = {
+        manifest = fuse_output.write(stage, pairs, {"scorer": score_fn.name, "split": config.split, "timing": timing})
+        record = {
+            **dataclasses.asdict(config),
             "template": suite.name,
-            "split": split,
             "prompts": len(entries),
-            "samples_per_prompt": samples_per_prompt,
             "model": str(choice.path),
             "scorer": score_fn.name,
-            "clip_model": clip_model if score_fn.name == "clip" else None,
-            "sampler": dataclasses.asdict(sampler),
-            "fusion": dataclasses.asdict(fusion),
-            "batch_size": batch_size,
+            "clip_model": config.clip_model if score_fn.name == "clip" else None,
             "device": str(dev),
             "dtype": str(dt),
         }
-        write_run_info(stage, "fuse", config, {"seed": seed, "sample_seeds": seeds}, choice.path)
+        write_run_info(stage, "fuse", record, {"seed": config.seed, "sample_seeds": seeds}, choice.path)
     typer.echo(
-        f"{manifest['n_triples']} triples from {manifest['n_samples']} samples in {out}; "
+        f"{manifest['n_triples']} triples from {manifest['n_samples']} samples in {run.out}; "
         f"target beats base {manifest.get('target_beats_base_rate', float('nan')):.0%}, "
         f"{manifest.get('unet_evals_per_target_step', float('nan')):.2f} UNet evals per target-step"
     )
@@ -101,3 +71,11 @@ def fuse(
             f"{k} {rates['base'][k]:.0%} → {v:.0%}" for k, v in rates["target"].items() if k in rates["base"]
         )
         typer.echo(f"facts held, base → target: {moves}")
+
+
+fuse = derived_command(
+    "fuse",
+    "Build D-Fusion (reference, base, target) triples for a prompt suite and write images, masks and trajectories.",
+    SECTIONS,
+    run_fuse,
+)

@@ -5,8 +5,21 @@ token positions), ``layers`` (which processors, at which resolution), ``processo
 attention processors), ``masks`` (maps to masks), ``engine`` (fused sampling), ``config`` (settings).
 """
 
+from typing import Any
+
 from dfusion_bench.fusion.config import FusionConfig
-from dfusion_bench.fusion.engine import FusionPlan, FusionResult, fuse_triples
 from dfusion_bench.fusion.triples import Triple, select_triples
 
 __all__ = ["FusionConfig", "FusionPlan", "FusionResult", "Triple", "fuse_triples", "select_triples"]
+
+_ENGINE = ("FusionPlan", "FusionResult", "fuse_triples")
+
+
+def __getattr__(name: str) -> Any:
+    """The engine's names, imported on first use: settings and the command line read :class:`FusionConfig` without
+    importing torch and diffusers."""
+    if name in _ENGINE:
+        from dfusion_bench.fusion import engine
+
+        return getattr(engine, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -4,6 +4,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dfusion_bench.options import Option, raise_problems
+
+
+def _threshold_problem(value: str) -> str | None:
+    if value in ("suite", "auto"):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return "must be 'suite', 'auto' or a number in [0, 1]"
+    return None if 0.0 <= number <= 1.0 else "must be 'suite', 'auto' or a number in [0, 1]"
+
+
+def _layers_problem(value: tuple[str, ...]) -> str | None:
+    return None if value else "name at least one layer prefix"
+
 
 @dataclass(frozen=True)
 class FusionConfig:
@@ -14,30 +30,37 @@ class FusionConfig:
     the prompt suite (``auto`` where the suite gives none); references = top quarter, each used twice.
     """
 
-    fuse_layers: tuple[str, ...] = ("mid_block", "up_blocks")
-    """Prefixes of the self-attention processor names to fuse."""
-    skip_first_steps: int = 2
-    """Steps 0 .. skip_first_steps - 1 (0 = noisiest) run unmodified; the rest are fused."""
-    mask_resolution: int | None = None
-    """Side of the cross-attention grid the mask comes from; None: latent side / 4, or the nearest available."""
-    threshold: str = "suite"
-    """``suite``: each item's threshold from the suite (auto where missing); ``auto``: Otsu on every map;
-    or a number, used for every item."""
-    reference_fraction: float = 0.25
-    """Fraction of each prompt's samples, ranked by score, that serve as references."""
-    reference_uses: int = 2
-    """Targets per reference; the bases are the bottom reference_fraction * reference_uses of the ranking."""
+    fuse_layers: tuple[str, ...] = Option(
+        ("mid_block", "up_blocks"),
+        "Comma-separated prefixes of the self-attention layers to fuse.",
+        rule=_layers_problem,
+        domain_text="layer-name prefixes",
+        source="D-Fusion code",
+    ).field()
+    skip_first_steps: int = Option(
+        2, "Unfused leading (noisiest) steps; the rest are fused.", ge=0, source="D-Fusion code"
+    ).field()
+    mask_resolution: int | None = Option(
+        None,
+        "Cross-attention grid side the mask comes from. Default: latent side / 4, or the nearest grid the UNet has.",
+        ge=1,
+        source="D-Fusion code",
+    ).field()
+    threshold: str = Option(
+        "suite",
+        "Mask thresholds: 'suite' (per item, from the suite; auto where missing), 'auto' (Otsu), or a number.",
+        rule=_threshold_problem,
+        domain_text="suite, auto, or in [0, 1]",
+        source="D-Fusion code",
+    ).field()
+    reference_fraction: float = Option(
+        0.25, "Top fraction of each prompt's samples used as references.", gt=0, lt=1, source="D-Fusion code"
+    ).field()
+    reference_uses: int = Option(2, "Targets (bases) per reference.", ge=1, source="D-Fusion code").field()
 
     def __post_init__(self) -> None:
-        if self.threshold not in ("suite", "auto"):
-            try:
-                float(self.threshold)
-            except ValueError:
-                raise ValueError(f"threshold must be 'suite', 'auto' or a number, not {self.threshold!r}") from None
-        if not 0 < self.reference_fraction * (1 + self.reference_uses) <= 1:
-            raise ValueError("reference_fraction * (1 + reference_uses) must lie in (0, 1]")
-        if self.skip_first_steps < 0:
-            raise ValueError("skip_first_steps must be >= 0")
+        pairing = 0 < self.reference_fraction * (1 + self.reference_uses) <= 1
+        raise_problems(self, [] if pairing else ["--reference-fraction x (1 + --reference-uses) must lie in (0, 1]"])
 
     def thresholds_for(self, suite_thresholds: tuple[float | None, ...]) -> list[float | None]:
         """Per-item thresholds to use (None = auto)."""

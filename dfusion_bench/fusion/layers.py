@@ -47,7 +47,7 @@ def attention_layers(unet: UNet2DConditionModel) -> list[AttentionLayer]:
 
 
 def select_self_attention(unet: UNet2DConditionModel, prefixes: tuple[str, ...]) -> list[str]:
-    """Self-attention processor names under any of ``prefixes`` (e.g. ``("mid_block", "up_blocks")``)."""
+    """Self-attention processor names under any of ``prefixes`` (e.g. ``mid_block`` and ``up_blocks``)."""
     names = [
         layer.name
         for layer in attention_layers(unet)

@@ -14,9 +14,24 @@ from typing import Any
 from dfusion_bench.errors import UserError
 from dfusion_bench.fusion import FusionConfig
 from dfusion_bench.fusion.triples import pairing_problem
-from dfusion_bench.trajectories import SamplerConfig
+from dfusion_bench.options import Option, from_tree, raise_problems
+from dfusion_bench.settings import (
+    BATCH_SIZE,
+    CLIP_CHECKPOINT,
+    CLIP_MODEL,
+    MODEL,
+    PROMPTS,
+    SCORER,
+    SEED,
+    SPLITS,
+    TEMPLATE,
+    SamplerConfig,
+)
 
 METHODS = ("dpo", "ddpo", "pg")
+ADVANTAGES = ("prompt-stats", "group")
+ADV_STDS = ("group", "batch")
+TIMESTEP_SAMPLING = ("shared", "per-sample")
 
 #: Learning rates of the methods' public code (AdamW; LoRA on the UNet's attention projections):
 #: D3PO (Yang et al. 2024) 3e-5; ddpo-pytorch (Black et al. 2024) 3e-4 for PPO and for its REINFORCE ("SF")
@@ -45,34 +60,78 @@ def default_lr(method: str, model: str | None) -> float:
 class LoraSettings:
     """LoRA through peft. The D-Fusion paper: rank 4 on all attention projections."""
 
-    rank: int = 4
-    alpha: float = 4.0
-    targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+    rank: int = Option(4, "LoRA rank.", flag="--lora-rank", ge=1, source="D-Fusion, ddpo-pytorch").field()
+    alpha: float | None = Option(
+        None, "LoRA alpha (scale alpha / rank). Default: the rank.", flag="--lora-alpha", gt=0
+    ).field()
+    targets: tuple[str, ...] = Option(
+        ("to_q", "to_k", "to_v", "to_out.0"),
+        "Comma-separated UNet module names that get adapters.",
+        flag="--lora-targets",
+        rule=lambda v: None if v else "name at least one module",
+        domain_text="module names of the UNet",
+        source="D-Fusion (all attention projections)",
+    ).field()
+
+    def __post_init__(self) -> None:
+        raise_problems(self)
+        if self.alpha is None:  # resolved here, so config.json records the alpha the run used
+            object.__setattr__(self, "alpha", float(self.rank))
 
 
 @dataclass(frozen=True)
 class OptimSettings:
-    """AdamW, as in ddpo-pytorch and D3PO: weight decay 1e-4, gradient-norm clip 1."""
+    """AdamW, as in ddpo-pytorch and D3PO, and how an epoch's data becomes optimizer steps."""
 
-    lr: float | None = None  # None: TrainConfig resolves it to default_lr(method, model)
-    weight_decay: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.999)
-    grad_clip: float = 1.0
-    inner_epochs: int = 1
-    """Passes over each epoch's data (ddpo-pytorch: 1; the D-Fusion paper: 2)."""
-    batch_size: int = 8
-    """Training examples (pairs for dpo, samples for ddpo/pg) per optimizer step, over all processes."""
-    micro_batch_size: int = 16
-    """Examples per forward/backward pass (compute only): a larger optimizer batch accumulates gradients over
-    micro-batches of this size, so one step can see many examples at the CPU's or GPU's throughput optimum."""
-    timestep_sampling: str = "shared"
-    """Which denoising steps an example trains on: ``shared`` (one draw per optimizer step, the same for every row)
-    or ``per-sample`` (each example its own draw, as ddpo-pytorch permutes timesteps per sample)."""
-    timestep_fraction: float = 1.0
-    """Fraction of the denoising steps trained on per example (ddpo-pytorch's timestep_fraction; 1 = all)."""
-    exclude_last_steps: int = 0
-    """Denoising steps at the end (least noisy) left out of every update; the fraction applies to the rest. 0: none.
-    A fused target's transition lies furthest off the policy's mean there (results/fuse-drift)."""
+    lr: float | None = Option(
+        None,
+        "Learning rate. Default: embedded model dpo 3e-4, ddpo/pg 1e-3; --model: dpo 3e-5, ddpo/pg 3e-4.",
+        gt=0,
+        source="D3PO, ddpo-pytorch; embedded: docs/findings.md",
+    ).field()
+    weight_decay: float = Option(1e-4, "AdamW weight decay.", ge=0, source="ddpo-pytorch, D3PO").field()
+    betas: tuple[float, ...] = Option(
+        (0.9, 0.999),
+        "AdamW betas, two comma-separated numbers.",
+        flag="--adam-betas",
+        rule=lambda v: None if len(v) == 2 and all(0 <= b < 1 for b in v) else "must be two numbers in [0, 1)",
+        domain_text="two numbers in [0, 1)",
+        source="ddpo-pytorch",
+    ).field()
+    grad_clip: float = Option(1.0, "Gradient-norm clip.", gt=0, source="ddpo-pytorch, D3PO").field()
+    inner_epochs: int = Option(
+        1, "Passes over each epoch's data.", ge=1, source="ddpo-pytorch 1; the D-Fusion paper 2"
+    ).field()
+    batch_size: int = Option(
+        8,
+        "Training examples (pairs for dpo, samples for ddpo/pg) per optimizer step, over all processes.",
+        flag="--train-batch-size",
+        ge=1,
+    ).field()
+    micro_batch_size: int = Option(
+        16,
+        "Examples per forward/backward pass (compute only): a larger optimizer batch accumulates gradients over "
+        "micro-batches of this size.",
+        ge=1,
+    ).field()
+    timestep_sampling: str = Option(
+        "shared",
+        "Which denoising steps an example trains on: shared (one draw per optimizer step) or per-sample (each "
+        "example its own draw, as ddpo-pytorch permutes timesteps per sample).",
+        choices=TIMESTEP_SAMPLING,
+    ).field()
+    timestep_fraction: float = Option(
+        1.0, "Fraction of the eligible denoising steps trained per example.", gt=0, le=1, source="ddpo-pytorch"
+    ).field()
+    exclude_last_steps: int = Option(
+        0,
+        "Denoising steps at the end (least noisy) left out of every update; the fraction applies to the rest.",
+        ge=0,
+        source="results/fuse-drift",
+    ).field()
+
+    def __post_init__(self) -> None:
+        raise_problems(self)
 
 
 @dataclass(frozen=True)
@@ -86,14 +145,16 @@ class DPOSettings:
     without fusion; ``--no-dpo-require-win`` restores the papers' behaviour.
     """
 
-    beta: float = 0.1
-    eps: float = 0.1
-    require_win: bool = True
+    beta: float = Option(0.1, "dpo: beta of the preference loss.", gt=0, source="D3PO").field()
+    eps: float = Option(0.1, "dpo: ratio clip epsilon.", flag="--dpo-eps", gt=0, lt=1, source="D3PO").field()
+    require_win: bool = Option(
+        True,
+        "dpo: train only pairs whose winner outscores its loser (off: every target/reference is preferred).",
+        flag="--dpo-require-win/--no-dpo-require-win",
+    ).field()
 
-
-ADVANTAGES = ("prompt-stats", "group")
-ADV_STDS = ("group", "batch")
-TIMESTEP_SAMPLING = ("shared", "per-sample")
+    def __post_init__(self) -> None:
+        raise_problems(self)
 
 
 @dataclass(frozen=True)
@@ -106,51 +167,80 @@ class DDPOSettings:
     ``drop_flat_groups`` the samples of groups whose scores are all equal, which carry no signal, are not trained).
     """
 
-    clip_range: float = 1e-4
-    adv_clip_max: float = 5.0
-    stat_buffer: int = 32
-    stat_min_count: int = 16
-    advantages: str = "prompt-stats"
-    adv_std: str = "group"
-    drop_flat_groups: bool = True
+    clip_range: float = Option(1e-4, "ddpo: PPO clip range of the ratio.", gt=0, source="ddpo-pytorch").field()
+    adv_clip_max: float = Option(
+        5.0, "ddpo: advantages are clipped to +-this.", flag="--adv-clip", gt=0, source="ddpo-pytorch"
+    ).field()
+    stat_buffer: int = Option(32, "ddpo/pg, prompt-stats: scores kept per prompt.", ge=1, source="ddpo-pytorch").field()
+    stat_min_count: int = Option(
+        16, "ddpo/pg, prompt-stats: below this many scores a prompt uses the batch's statistics.", ge=1,
+        source="ddpo-pytorch",
+    ).field()  # fmt: skip
+    advantages: str = Option(
+        "prompt-stats",
+        "ddpo/pg: prompt-stats (DDPO's running per-prompt statistics) or group (Flow-GRPO: this epoch's group).",
+        choices=ADVANTAGES,
+        source="ddpo-pytorch; Flow-GRPO",
+    ).field()
+    adv_std: str = Option(
+        "group", "ddpo/pg, group advantages: divide by the group's or the batch's std.", choices=ADV_STDS
+    ).field()
+    drop_flat_groups: bool = Option(
+        True,
+        "ddpo/pg, group advantages: leave out groups whose scores are all equal (zero advantage).",
+        flag="--drop-flat-groups/--keep-flat-groups",
+        source="Flow-GRPO",
+    ).field()
+
+    def __post_init__(self) -> None:
+        raise_problems(self)
 
 
 @dataclass(frozen=True)
 class PGSettings:
     """REINFORCE with a per-prompt baseline; ``kl_weight`` adds DPOK's KL surrogate (Fan et al. 2023: 0.01)."""
 
-    kl_weight: float = 0.0
-    full_batch: bool = True
-    """One update on the epoch's whole batch (DDPO's SF variant); False: one per ``--train-batch-size`` examples."""
+    kl_weight: float = Option(0.0, "pg: DPOK's KL weight (0.01 reproduces DPOK).", ge=0, source="DPOK").field()
+    full_batch: bool = Option(
+        True,
+        "pg: one update on the epoch's whole batch (DDPO's SF variant), or one per --train-batch-size examples.",
+        flag="--pg-full-batch/--pg-minibatches",
+        source="ddpo-pytorch (SF)",
+    ).field()
+
+    def __post_init__(self) -> None:
+        raise_problems(self)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    method: str = "dpo"
-    fusion: bool = False
-    template: str = "shapes-objects"
-    model: str | None = None
-    """Local diffusers folder; None = the embedded shapes model."""
-    prompts: int | None = 8
-    """First K prompts of each split (None = all)."""
-    prompts_per_epoch: int | None = None
-    """Train prompts sampled each epoch: K drawn afresh every epoch from the run's train prompts (None = all)."""
-    samples_per_prompt: int = 8
-    epochs: int = 4
-    seed: int = 0
-    scorer: str | None = None
-    """None: verifier for the embedded model, clip otherwise."""
-    clip_model: str = "ViT-H-14"
-    clip_checkpoint: str | None = None
-    eval_every: int = 1
-    eval_samples_per_prompt: int = 4
-    eval_steps: int | None = None
-    """DDIM steps of the evaluation samples (None = the training sampler's ``sampler.num_steps``); Flow-GRPO trains
-    at fewer steps than it evaluates."""
-    eval_splits: tuple[str, ...] = ("train", "test")
-    """Splits evaluated every ``eval_every`` epochs (the regression check needs only train)."""
-    batch_size: int = 16
-    """Images per UNet batch when sampling (memory, not the optimisation)."""
+    """A training run: method, prompts, sampling, evaluation, fusion, LoRA and optimisation."""
+
+    method: str = Option(
+        "dpo", "dpo (D3PO), ddpo (PPO) or pg (REINFORCE; DPOK with --kl-weight).", choices=METHODS, required=True
+    ).field()
+    fusion: bool = Option(False, "Train on D-Fusion targets (the paper's method).").field()
+    template: str = TEMPLATE.field()
+    model: str | None = MODEL.field()
+    prompts: int | None = PROMPTS.but(default=8, help="Use the first K prompts of each split (default 8).").field()
+    prompts_per_epoch: int | None = Option(
+        None, "Train prompts sampled each epoch: K drawn afresh from the run's train prompts (default: all).", ge=1
+    ).field()
+    samples_per_prompt: int = Option(8, "Training samples per prompt each epoch.", ge=2).field()
+    epochs: int = Option(4, "Epochs (each: sample, pair, update, evaluate).", ge=1).field()
+    seed: int = SEED.field()
+    scorer: str | None = SCORER.field()
+    clip_model: str = CLIP_MODEL.field()
+    clip_checkpoint: str | None = CLIP_CHECKPOINT.field()
+    eval_every: int = Option(1, "Evaluate every k epochs (and after the last).", ge=1).field()
+    eval_samples_per_prompt: int = Option(4, "Fixed-seed evaluation samples per prompt.", ge=1).field()
+    eval_steps: int | None = Option(
+        None, "DDIM steps of evaluation samples (default: --steps).", ge=1, source="Flow-GRPO trains at fewer"
+    ).field()
+    eval_splits: tuple[str, ...] = Option(
+        ("train", "test"), "Splits evaluated: train,test, train or test.", choices=SPLITS
+    ).field()
+    batch_size: int = BATCH_SIZE.field()
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     fusion_settings: FusionConfig = field(default_factory=FusionConfig)
     lora: LoraSettings = field(default_factory=LoraSettings)
@@ -161,34 +251,15 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         problems = []
-        if self.method not in METHODS:
-            problems.append(f"--method {self.method!r}: use one of {', '.join(METHODS)}")
-        if self.epochs < 1 or self.samples_per_prompt < 2 or self.eval_every < 1:
-            problems.append("--epochs >= 1, --samples-per-prompt >= 2 and --eval-every >= 1 are needed")
-        if not self.eval_splits or not set(self.eval_splits) <= {"train", "test"}:
-            problems.append(f"--eval-splits {','.join(self.eval_splits)!r}: use train, test or train,test")
-        if self.sampler.eta <= 0:
-            problems.append(f"--eta {self.sampler.eta}: training needs eta > 0 (log-probabilities are undefined at 0)")
-        if not 0 < self.optim.timestep_fraction <= 1:
-            problems.append("--timestep-fraction must lie in (0, 1]")
-        if not 0 <= self.optim.exclude_last_steps < self.sampler.num_steps:
+        if not self.eval_splits:
+            problems.append("--eval-splits: name train, test or both")
+        if not self.optim.exclude_last_steps < self.sampler.num_steps:
             problems.append(f"--exclude-last-steps must lie in [0, --steps) = [0, {self.sampler.num_steps})")
-        if self.optim.batch_size < 1 or self.optim.inner_epochs < 1 or self.optim.micro_batch_size < 1:
-            problems.append("--train-batch-size, --micro-batch-size and --inner-epochs must be >= 1")
-        if self.optim.timestep_sampling not in TIMESTEP_SAMPLING:
-            problems.append(f"--timestep-sampling: use one of {', '.join(TIMESTEP_SAMPLING)}")
-        if self.ddpo.advantages not in ADVANTAGES or self.ddpo.adv_std not in ADV_STDS:
-            problems.append(f"--advantages: one of {', '.join(ADVANTAGES)}; --adv-std: one of {', '.join(ADV_STDS)}")
-        if self.prompts_per_epoch is not None and self.prompts_per_epoch < 1:
-            problems.append("--prompts-per-epoch must be >= 1")
-        if self.eval_steps is not None and self.eval_steps < 1:
-            problems.append("--eval-steps must be >= 1")
         fusion = self.fusion_settings
         pairing = pairing_problem(self.samples_per_prompt, fusion.reference_fraction, fusion.reference_uses)
         if pairing:  # every method ranks and pairs its samples (dpo trains on the pairs, fusion fuses them)
             problems.append(f"--samples-per-prompt: {pairing}")
-        if problems:
-            raise UserError("; ".join(problems))
+        raise_problems(self, problems)
         if self.optim.lr is None:  # resolved here, so config.json records the rate the run used
             object.__setattr__(self, "optim", dataclasses.replace(self.optim, lr=default_lr(self.method, self.model)))
 
@@ -203,26 +274,17 @@ class TrainConfig:
             return self.sampler
         return dataclasses.replace(self.sampler, num_steps=self.eval_steps)
 
+    @property
+    def run_name(self) -> str:
+        """The run's default folder name: ``METHOD-fusion|plain-SUITE-sSEED``."""
+        return run_name(self.method, self.fusion, Path(self.template).stem, self.seed)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @staticmethod
     def from_dict(data: dict[str, Any]) -> TrainConfig:
-        nested = {
-            "sampler": SamplerConfig,
-            "fusion_settings": FusionConfig,
-            "lora": LoraSettings,
-            "optim": OptimSettings,
-            "dpo": DPOSettings,
-            "ddpo": DDPOSettings,
-            "pg": PGSettings,
-        }
-        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}  # JSON lists are tuples here
-        for key, cls in nested.items():
-            if key in kwargs:
-                values = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs[key].items()}
-                kwargs[key] = cls(**values)
-        return TrainConfig(**kwargs)
+        return from_tree(TrainConfig, data)
 
     @staticmethod
     def load(path: Path) -> TrainConfig:
@@ -230,3 +292,10 @@ class TrainConfig:
             return TrainConfig.from_dict(json.loads(Path(path).read_text()))
         except (OSError, json.JSONDecodeError, TypeError, AttributeError, KeyError, ValueError) as exc:
             raise UserError(f"{path}: not a readable training configuration ({exc})") from None
+        except UserError as exc:
+            raise UserError(f"{path}: not a valid training configuration ({exc})") from None
+
+
+def run_name(method: str, fusion: bool, suite: str, seed: int) -> str:
+    """``METHOD-fusion|plain-SUITE-sSEED``, the name of a run's folder wherever one is made."""
+    return f"{method}-{'fusion' if fusion else 'plain'}-{suite}-s{seed}"

@@ -26,8 +26,9 @@ from torchvision.transforms import Compose, Normalize
 
 from dfusion_bench.errors import UserError
 from dfusion_bench.scorers.base import Scores, check_batch
+from dfusion_bench.settings import CLIP_MODEL
 
-DEFAULT_MODEL = "ViT-H-14"
+DEFAULT_MODEL = CLIP_MODEL.default
 CHECKPOINT_ENV = "DFUSION_CLIP_CHECKPOINT"
 _HOW_TO_FIX = f"pass --clip-checkpoint PATH or set {CHECKPOINT_ENV} to a local open_clip weights file"
 _REMOTE_PREFIXES = ("hf-hub:", "local-dir:")

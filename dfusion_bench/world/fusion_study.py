@@ -28,8 +28,8 @@ from dfusion_bench.pairs import ScoredSamples, sample_and_score, score_trajector
 from dfusion_bench.progress import advance_callback
 from dfusion_bench.scorers import get_scorer
 from dfusion_bench.seeding import sample_seeds
+from dfusion_bench.settings import SamplerConfig
 from dfusion_bench.templates import PromptEntry
-from dfusion_bench.trajectories import SamplerConfig
 from dfusion_bench.world.grammar import parse
 from dfusion_bench.world.verify import verify
 

@@ -17,11 +17,10 @@ from rich.progress import Progress
 
 from dfusion_bench.evaluation import EvalResult, evaluate, write_grid
 from dfusion_bench.scorers import get_scorer
+from dfusion_bench.settings import SamplerConfig
 from dfusion_bench.templates import PromptEntry, load_suite
-from dfusion_bench.trajectories import SamplerConfig
 from dfusion_bench.world.grammar import COLORS, SHAPES, ObjectSpec, SceneSpec, format_prompt
-
-SUITES = ("shapes-objects", "shapes-binding", "shapes-spatial")
+from dfusion_bench.world.suites import SHAPES_SUITES
 
 
 def single_object_entries() -> list[PromptEntry]:
@@ -62,7 +61,7 @@ def quality_table(
     With ``grids``, also writes ``grid_<set>_<split>.png`` there: the first 8 prompts, one row each."""
     verifier = get_scorer("verifier")
     sets = [("single objects", "all", single_object_entries())]
-    for name in SUITES:
+    for name in SHAPES_SUITES:
         suite = load_suite(name)
         sets += [(name, "train", list(suite.train)), (name, "test", list(suite.test))]
     rows, prompts = [], []

@@ -214,6 +214,10 @@ def shapes_suite(kind: str, seed: int = SEED, n: int = N_PER_SPLIT) -> Suite:
     )
 
 
+#: The shapes-world suites' names.
+SHAPES_SUITES = tuple(f"shapes-{kind}" for kind in _KINDS)
+
+
 def shapes_suites(seed: int = SEED) -> list[Suite]:
     """The three shapes-world suites."""
     return [shapes_suite(kind, seed) for kind in _KINDS]

@@ -17,7 +17,7 @@ from dfusion_bench import fuse_output
 from dfusion_bench.denoise import encode_text
 from dfusion_bench.sampling import transition
 from dfusion_bench.session import ModelChoice
-from dfusion_bench.trajectories import SamplerConfig
+from dfusion_bench.settings import SamplerConfig
 
 torch.manual_seed(0)
 fuse = fuse_output.load(Path("results/fuse/shapes-objects"))

@@ -18,7 +18,7 @@ from dfusion_bench.scorers.verifier import to_hwc_numpy
 from dfusion_bench.seeding import eval_seeds
 from dfusion_bench.session import ModelChoice
 from dfusion_bench.templates import load_suite
-from dfusion_bench.trajectories import SamplerConfig
+from dfusion_bench.settings import SamplerConfig
 from dfusion_bench.world.grammar import parse
 from dfusion_bench.world.verify import verify
 
