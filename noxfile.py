@@ -32,12 +32,12 @@ def regression(session: nox.Session) -> None:
     """Fuse + DPO with/without fusion on a short fixed configuration; fails on a regression.
 
     With DFUSION_SD_MODEL and DFUSION_CLIP_CHECKPOINT set: SD 2.1-base + CLIPScore (a GPU runner). Without: the
-    embedded shapes model + verifier on CPU. See dfusion_bench/regression.py.
+    embedded shapes model + verifier on CPU. See dfusion_bench/studies/regression.py.
     """
-    session.run("python", "-m", "dfusion_bench.regression", *session.posargs)
+    session.run("dfusion", "regression", *session.posargs)
 
 
 @nox.session
 def grid(session: nox.Session) -> None:
-    """Every method x fusion x suite on the embedded model, then the report (``nox -s grid -- --seeds 0 1``)."""
-    session.run("python", "-m", "dfusion_bench.grid", *session.posargs)
+    """Every method x fusion x suite on the embedded model, then the report (``nox -s grid -- --seeds 0,1``)."""
+    session.run("dfusion", "grid", *session.posargs)

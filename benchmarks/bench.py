@@ -21,21 +21,21 @@ from rich.console import Console
 from rich.table import Table
 
 from dfusion_bench.fusion import FusionConfig, fuse_triples, select_triples
-from dfusion_bench.models import EMBEDDED_MODEL
-from dfusion_bench.pairs import sample_and_score
+from dfusion_bench.models.choice import ModelChoice
+from dfusion_bench.models.loading import EMBEDDED_MODEL
 from dfusion_bench.rl.config import OptimSettings, TrainConfig
 from dfusion_bench.rl.trainer import Trainer
+from dfusion_bench.rollout import sample_and_score
 from dfusion_bench.scorers import get_scorer
 from dfusion_bench.seeding import sample_seeds
-from dfusion_bench.session import ModelChoice
 from dfusion_bench.settings import SamplerConfig
-from dfusion_bench.templates import load_suite
+from dfusion_bench.suites import load_suite
 
 
 def _model(tiny: bool, workdir: Path) -> tuple[Path, str, str]:
     if not tiny and (EMBEDDED_MODEL / "model_index.json").is_file():
         return EMBEDDED_MODEL, "shapes-objects", "verifier"
-    from dfusion_bench.tiny import save_tiny_pipeline
+    from dfusion_bench.models.tiny import save_tiny_pipeline
 
     return save_tiny_pipeline(workdir / "tiny"), "paper-t1", "compressibility"
 

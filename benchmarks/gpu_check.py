@@ -1,6 +1,6 @@
 """The CUDA path, proved in one script: fuse + one DPO epoch on a random-weight pipeline with SD 2.1-base's UNet at
 512 px in fp16, plain-vs-fused sampling time and peak GPU memory. (The regression session on the embedded world runs
-separately: ``python -m dfusion_bench.regression --device cuda``.)
+separately: ``python -m dfusion_bench.studies.regression --device cuda``.)
 
     python benchmarks/gpu_check.py --out DIR            # on a GPU machine
     python benchmarks/gpu_check.py --arch tiny --sample-size 16 --device cpu --dtype fp32 --out DIR   # dry run
@@ -15,16 +15,17 @@ from pathlib import Path
 
 import torch
 
+from dfusion_bench.devices import pick_dtype
 from dfusion_bench.fusion import FusionConfig, fuse_triples, select_triples
-from dfusion_bench.pairs import sample_and_score
+from dfusion_bench.models.choice import ModelChoice
+from dfusion_bench.models.tiny import save_tiny_pipeline
 from dfusion_bench.rl.config import OptimSettings, TrainConfig
 from dfusion_bench.rl.trainer import Trainer
+from dfusion_bench.rollout import sample_and_score
 from dfusion_bench.scorers import get_scorer
 from dfusion_bench.seeding import sample_seeds
-from dfusion_bench.session import ModelChoice, pick_dtype
 from dfusion_bench.settings import SamplerConfig
-from dfusion_bench.templates import load_suite
-from dfusion_bench.tiny import save_tiny_pipeline
+from dfusion_bench.suites import load_suite
 
 
 def _sync(device: torch.device) -> None:

@@ -20,11 +20,11 @@ from rich.progress import Progress
 
 from dfusion_bench import atomic, imaging
 from dfusion_bench.distributed import SINGLE, Distributor
-from dfusion_bench.pairs import sample_and_score, score_trajectories
+from dfusion_bench.rollout import sample_and_score, score_trajectories
 from dfusion_bench.scorers.base import Scorer
 from dfusion_bench.seeding import eval_seeds
 from dfusion_bench.settings import SamplerConfig
-from dfusion_bench.templates import PromptEntry
+from dfusion_bench.suites import PromptEntry
 
 GRID_IMAGE = 64  # pixels per image in evaluation grids
 

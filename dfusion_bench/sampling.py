@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import torch
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
-from dfusion_bench.denoise import TextConditioning, encode_text, guided_output
+from dfusion_bench.guidance import TextConditioning, encode_text, guided_output
 from dfusion_bench.logprob import ddim_step, prev_timestep_of, require_stochastic
 from dfusion_bench.settings import SamplerConfig
 from dfusion_bench.trajectories import Trajectories

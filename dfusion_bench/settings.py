@@ -16,6 +16,7 @@ from typing import Any
 
 from dfusion_bench.fusion.config import FusionConfig
 from dfusion_bench.options import Option, raise_problems
+from dfusion_bench.scorers import DEFAULT_CLIP_MODEL, available_scorers
 
 SPLITS = ("train", "test")
 
@@ -42,8 +43,6 @@ class SamplerConfig:
 
 
 def _scorer_problem(value: str | tuple[str, ...]) -> str | None:
-    from dfusion_bench.scorers import available_scorers
-
     names = value if isinstance(value, tuple) else (value,)
     unknown = [n for n in names if n not in available_scorers()]
     return f"unknown scorer {unknown[0]!r}; known scorers: {', '.join(available_scorers())}" if unknown else None
@@ -64,7 +63,7 @@ SCORER = Option(
     domain_text="a registered scorer",
 )
 CLIP_MODEL = Option(
-    "ViT-H-14",
+    DEFAULT_CLIP_MODEL,
     "open_clip model name for --scorer clip.",
     source="D-Fusion (open_clip ViT-H-14, laion2B-s32B-b79K)",
 )

@@ -15,7 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 @pytest.fixture(scope="session")
 def tiny_pipe():
     """A tiny SD pipeline with the real CLIP tokenizer (so "woolen" splits into several tokens)."""
-    from dfusion_bench.tiny import build_tiny_pipeline
+    from dfusion_bench.models.tiny import build_tiny_pipeline
 
     pipe = build_tiny_pipeline("tiny", seed=0)
     pipe.set_progress_bar_config(disable=True)

@@ -100,7 +100,8 @@ def test_fuse_tables_and_manifest_carry_each_roles_facts() -> None:
 
     from dfusion_bench import fuse_output
     from dfusion_bench.fusion import Triple
-    from dfusion_bench.pairs import Pairs, ScoredSamples
+    from dfusion_bench.pairs import Pairs
+    from dfusion_bench.rollout import ScoredSamples
     from dfusion_bench.scorers import Scores
 
     def scores(*held: tuple[bool, bool]) -> Scores:

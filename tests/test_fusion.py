@@ -153,7 +153,7 @@ def test_mask_layers_default_to_quarter_resolution(tiny_pipe) -> None:
 
 def test_sd21_architecture_runs_a_fused_step() -> None:
     """SD 2.1-base's UNet (its diffusers config, random weights, a 16x16 latent) takes the processors by name."""
-    from dfusion_bench.tiny import build_tiny_pipeline
+    from dfusion_bench.models.tiny import build_tiny_pipeline
 
     pipe = build_tiny_pipeline("sd21", seed=0, sample_size=16)
     prompt = "a dog driving a car"

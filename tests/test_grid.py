@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dfusion_bench.grid import EXPORTED_FILES, export_run
 from dfusion_bench.rl.checkpoint import latest_epoch
+from dfusion_bench.studies.grid import EXPORTED_FILES, export_run
 
 
 def _fake_run(run: Path) -> None:
@@ -47,9 +47,8 @@ def _grid_config(**changes: object) -> str:
     """A config.json as a grid run writes it: the defaults with every grid option set, then ``changes`` (dotted)."""
     import json
 
-    from dfusion_bench.cli.train import config_paths
-    from dfusion_bench.grid import grid_options
-    from dfusion_bench.rl.config import TrainConfig
+    from dfusion_bench.rl.config import TrainConfig, option_paths
+    from dfusion_bench.studies.grid import grid_options
 
     tree = TrainConfig().to_dict()
 
@@ -61,7 +60,7 @@ def _grid_config(**changes: object) -> str:
         node[leaf] = json.loads(value) if isinstance(value, str) else value  # the grid's values are numbers
 
     for option, value in grid_options().items():
-        put(config_paths().get(option, option), value)
+        put(option_paths().get(option, option), value)
     for path, value in changes.items():
         put(path, value)
     return json.dumps(tree)
@@ -70,7 +69,7 @@ def _grid_config(**changes: object) -> str:
 def test_an_exported_run_counts_as_done_only_at_its_final_epoch_and_options(tmp_path: Path) -> None:
     import json
 
-    from dfusion_bench.grid import is_exported
+    from dfusion_bench.studies.grid import is_exported
 
     dest = tmp_path / "results" / "run"
     assert not is_exported(dest, 8)
@@ -121,7 +120,7 @@ def _final_eval(folder: Path, n: int, epoch: int | None) -> None:
 def test_final_evaluations_cover_the_base_and_every_finished_run_once(tmp_path: Path) -> None:
     import argparse
 
-    from dfusion_bench.grid import (
+    from dfusion_bench.studies.grid import (
         final_eval_command,
         final_eval_dir,
         final_eval_jobs,

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from dfusion_bench.cli import main
-from dfusion_bench.models import EMBEDDED_MODEL
+from dfusion_bench.models.loading import EMBEDDED_MODEL
 from dfusion_bench.rl.config import EMBEDDED_LR
 
 

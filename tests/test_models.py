@@ -16,11 +16,11 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline, UNet2DModel
 
-from dfusion_bench import models
-from dfusion_bench.clip_tokenizer import VOCAB_SIZE, bytes_to_unicode, clip_tokenizer
 from dfusion_bench.errors import UserError
-from dfusion_bench.models import check_pipeline_folder, is_world_model, load_pipeline, resolve_model
-from dfusion_bench.tiny import SD21_UNET, SD_SCHEDULE, TINY_MARKER, build_tiny_pipeline, save_tiny_pipeline
+from dfusion_bench.models import loading as models
+from dfusion_bench.models.clip_tokenizer import VOCAB_SIZE, bytes_to_unicode, clip_tokenizer
+from dfusion_bench.models.loading import check_pipeline_folder, is_world_model, load_pipeline, resolve_model
+from dfusion_bench.models.tiny import SD21_UNET, SD_SCHEDULE, TINY_MARKER, build_tiny_pipeline, save_tiny_pipeline
 
 PROMPTS = ["a black and woolen bus", "a photo of a computer", "A Cat, riding   a horse.", "naïve café 123", ""]
 
@@ -351,7 +351,7 @@ def test_loads_fp16_variant_and_ignores_safety_checker(tmp_path: Path, tiny_dir:
 
 
 def test_embedded_model_resolution(tmp_path: Path, tiny_dir: Path, monkeypatch) -> None:
-    assert models.EMBEDDED_MODEL == Path(models.__file__).parent / "world" / "pipeline"
+    assert models.EMBEDDED_MODEL == Path(models.__file__).parent.parent / "world" / "pipeline"
     monkeypatch.setattr(models, "EMBEDDED_MODEL", tmp_path / "world" / "pipeline")
     message = _refusal(None)
     assert "embedded model is not installed" in message and "dfusion world pretrain" in message

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from dfusion_bench.cli import main
-from dfusion_bench.denoise import encode_text
 from dfusion_bench.errors import UserError
+from dfusion_bench.guidance import encode_text
 from dfusion_bench.rl.advantages import group_advantages
 from dfusion_bench.rl.config import DDPOSettings, OptimSettings, PGSettings, TrainConfig
 from dfusion_bench.rl.methods import METHODS

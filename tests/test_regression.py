@@ -6,15 +6,16 @@ import json
 
 import pytest
 
-from dfusion_bench.models import EMBEDDED_MODEL
-from dfusion_bench.regression import BASELINE_FILE, run_regression
+from dfusion_bench.cli.regression import _run_command
+from dfusion_bench.models.loading import EMBEDDED_MODEL
+from dfusion_bench.studies.regression import BASELINE_FILE, run_regression
 
 
 @pytest.mark.skipif(not (EMBEDDED_MODEL / "model_index.json").is_file(), reason="the embedded model is not installed")
 def test_regression_passes_on_the_embedded_world(tmp_path, monkeypatch) -> None:
     monkeypatch.delenv("DFUSION_SD_MODEL", raising=False)
     monkeypatch.delenv("DFUSION_CLIP_CHECKPOINT", raising=False)
-    result = run_regression(tmp_path / "regression", device="cpu")
+    result = run_regression(tmp_path / "regression", "cpu", _run_command)
     assert result["form"] == "embedded"
     assert result["failures"] == [], result
     assert json.loads((tmp_path / "regression" / "regression.json").read_text())["failures"] == []
@@ -24,7 +25,7 @@ def test_regression_passes_on_the_embedded_world(tmp_path, monkeypatch) -> None:
 
 
 def test_regression_criteria_name_each_failure() -> None:
-    from dfusion_bench.regression import failures
+    from dfusion_bench.studies.regression import failures
 
     baseline = {"must_rise": ["dpo-plain"], "min_train_final": {"dpo-fusion": 0.9}, "min_target_beats_base": 0.05}
 

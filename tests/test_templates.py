@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from dfusion_bench import templates
+from dfusion_bench import suite_sources
+from dfusion_bench import suites as templates
 from dfusion_bench.cli import templates as templates_cli
 from dfusion_bench.errors import UserError
-from dfusion_bench.templates import PromptEntry, Suite
+from dfusion_bench.suites import PromptEntry, Suite
 
 REPO = Path(__file__).resolve().parent.parent
 PAPER = REPO / "templates" / "source" / "paper"
@@ -90,7 +91,7 @@ def test_suite_rejects_overlapping_splits_and_repeated_prompts():
 
 def test_templates_dir_is_the_repository_folder_unless_the_environment_says_otherwise(monkeypatch, tmp_path):
     monkeypatch.delenv("DFUSION_TEMPLATES", raising=False)
-    assert templates.templates_dir() == REPO / "templates"
+    assert templates.templates_dir() == (REPO / "templates").resolve()
     monkeypatch.setenv("DFUSION_TEMPLATES", str(tmp_path))
     assert templates.templates_dir() == tmp_path
 
@@ -207,7 +208,7 @@ def test_integer_thresholds_in_json_are_floats(tmp_path):
 @pytest.mark.parametrize("index", [1, 2, 3])
 def test_shipped_paper_suite_equals_a_fresh_conversion(index, monkeypatch):
     monkeypatch.delenv("DFUSION_TEMPLATES", raising=False)
-    fresh = templates.convert_paper_template(PAPER, index)
+    fresh = suite_sources.convert_paper_template(PAPER, index)
     assert fresh.name == f"paper-t{index}"
     assert (REPO / "templates" / f"paper-t{index}.json").read_text() == templates.dumps_suite(fresh)
     assert templates.load_suite(f"paper-t{index}") == fresh
@@ -232,7 +233,7 @@ def test_paper_items_and_thresholds_are_the_raw_ones(index):
             assert entry.word_indices() == tuple(items[entry.prompt])
             assert entry.thresholds == tuple(masks[entry.prompt])
         else:
-            assert entry.items == templates.rule_items(entry.prompt, index)
+            assert entry.items == suite_sources.rule_items(entry.prompt, index)
             assert entry.thresholds == (None,) * len(entry.items)
 
 
@@ -250,14 +251,14 @@ def test_grammar_rule_agrees_with_every_raw_item_index(index):
     assert items
     for prompt, indices in items.items():
         words = prompt.split(" ")
-        assert templates.rule_items(prompt, index) == tuple(words[i] for i in indices), prompt
+        assert suite_sources.rule_items(prompt, index) == tuple(words[i] for i in indices), prompt
 
 
 def test_rule_items_follow_each_templates_grammar():
-    assert templates.rule_items("a lion washing dishes", 1) == ("lion", "dishes")
-    assert templates.rule_items("a tiger riding a bike", 1) == ("tiger", "bike")
-    assert templates.rule_items("a black and woolen bus", 2) == ("bus",)
-    assert templates.rule_items("the dog on the left of the person", 3) == ("dog", "person")
+    assert suite_sources.rule_items("a lion washing dishes", 1) == ("lion", "dishes")
+    assert suite_sources.rule_items("a tiger riding a bike", 1) == ("tiger", "bike")
+    assert suite_sources.rule_items("a black and woolen bus", 2) == ("bus",)
+    assert suite_sources.rule_items("the dog on the left of the person", 3) == ("dog", "person")
 
 
 @pytest.mark.skipif(not SHARED.is_dir(), reason="the shared raw paper files are not on this machine")
@@ -269,7 +270,7 @@ def test_paper_sources_are_verbatim_copies():
 
 
 def test_write_all_regenerates_every_shipped_suite(tmp_path):
-    written = templates.write_all(tmp_path)
+    written = suite_sources.write_all(tmp_path)
     assert sorted(p.stem for p in written) == SHIPPED
     for path in written:
         assert path.read_text() == (REPO / "templates" / path.name).read_text(), path.name

@@ -19,16 +19,17 @@ import torch
 from dfusion_bench.cli import main
 from dfusion_bench.errors import UserError
 from dfusion_bench.fusion import FusionConfig
-from dfusion_bench.pairs import build_pairs, sample_and_score
+from dfusion_bench.pairs import build_pairs
 from dfusion_bench.rl.advantages import PerPromptStats
 from dfusion_bench.rl.config import EMBEDDED_LR, LITERATURE_LR, DPOSettings, LoraSettings, OptimSettings, TrainConfig
 from dfusion_bench.rl.lora import add_lora, reference_policy
 from dfusion_bench.rl.methods import METHODS, Policy, winning_pairs
 from dfusion_bench.rl.trainer import trained_steps
+from dfusion_bench.rollout import sample_and_score
 from dfusion_bench.runinfo import model_digest
 from dfusion_bench.scorers import get_scorer
 from dfusion_bench.settings import SamplerConfig
-from dfusion_bench.templates import PromptEntry
+from dfusion_bench.suites import PromptEntry
 
 TINY_RUN = ["--template", "paper-t1", "--prompts", "2", "--scorer", "compressibility", "--steps", "4"]
 
@@ -43,7 +44,7 @@ def _cli(*args: str) -> int:
 
 @pytest.fixture(scope="module")
 def lora_pipe():
-    from dfusion_bench.tiny import build_tiny_pipeline
+    from dfusion_bench.models.tiny import build_tiny_pipeline
 
     pipe = build_tiny_pipeline("tiny", seed=1)
     add_lora(pipe.unet, LoraSettings(), seed=0)

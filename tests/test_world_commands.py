@@ -34,7 +34,7 @@ def test_study_refuses_a_pipeline_outside_the_world(capsys, tmp_path, tiny_dir) 
 
 
 def test_text_probe_edits_change_one_word_each() -> None:
-    from dfusion_bench.world.text_probe import edited_prompts
+    from dfusion_bench.studies.text_probe import edited_prompts
 
     prompt = "a big red circle above a small blue square"
     edits = dict(edited_prompts(prompt))
@@ -52,8 +52,8 @@ def test_text_probe_edits_change_one_word_each() -> None:
 def test_text_probe_finds_a_word_the_encoder_cannot_tell_apart(world_dir) -> None:
     import torch
 
-    from dfusion_bench.session import ModelChoice
-    from dfusion_bench.world.text_probe import edit_distances, probe_summary
+    from dfusion_bench.models.choice import ModelChoice
+    from dfusion_bench.studies.text_probe import edit_distances, probe_summary
 
     pipe = ModelChoice.check(world_dir).load(torch.device("cpu"), torch.float32)
     prompts = ["a red circle above a blue square", "a green triangle below a small cyan circle"]
@@ -82,7 +82,7 @@ def test_quality_per_prompt_rows_average_each_prompts_samples() -> None:
     import torch
 
     from dfusion_bench.evaluation import EvalResult
-    from dfusion_bench.world.quality import per_prompt_table
+    from dfusion_bench.studies.quality import per_prompt_table
 
     table = pd.DataFrame(
         {

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dfusion_bench import templates
+from dfusion_bench import suites as templates
 from dfusion_bench.world import suites
 from dfusion_bench.world.grammar import COLORS, RELATIONS, SHAPES, SIZES, SceneSpec, parse
 

@@ -20,12 +20,14 @@ app = typer.Typer(
 def _register() -> None:
     """Attach every command group once (their modules import heavy libraries only inside commands)."""
     from dfusion_bench.cli import eval as eval_cli
-    from dfusion_bench.cli import fuse, model, report, templates, train, world
+    from dfusion_bench.cli import fuse, grid, model, regression, report, templates, train, world
 
     app.command(name="fuse")(fuse.fuse)
     app.command(name="train")(train.train)
     app.command(name="eval")(eval_cli.eval_command)
     app.command(name="report")(report.report)
+    app.command(name="grid", context_settings=grid.CONTEXT)(grid.grid)
+    app.command(name="regression")(regression.regression)
     app.add_typer(model.app, name="model")
     app.add_typer(templates.app, name="templates")
     app.add_typer(world.app, name="world")

@@ -48,13 +48,15 @@ def with_run_settings(config: EvalConfig, explicit: frozenset[str], train) -> tu
 
 def run_eval(given: Given) -> None:
     from dfusion_bench import atomic
+    from dfusion_bench.devices import pick_device, pick_dtype
     from dfusion_bench.evaluation import evaluate, write_grid, write_samples
+    from dfusion_bench.models.choice import ModelChoice
     from dfusion_bench.progress import progress_bar
     from dfusion_bench.rl.checkpoint import load_policy
     from dfusion_bench.rl.config import TrainConfig
     from dfusion_bench.runinfo import check_out_dir, staged_dir, write_run_info
-    from dfusion_bench.session import ModelChoice, make_scorer, pick_device, pick_dtype
-    from dfusion_bench.templates import load_suite
+    from dfusion_bench.scorers import make_scorer
+    from dfusion_bench.suites import load_suite
 
     config: EvalConfig = resolve_paths(build(EvalConfig, given.section("config")))
     run: RunOptions = build(RunOptions, given.section("run"))

@@ -21,12 +21,15 @@ SECTIONS = {"config": FuseConfig, "run": RunOptions}
 
 def run_fuse(given: Given) -> None:
     from dfusion_bench import fuse_output
-    from dfusion_bench.pairs import build_pairs, sample_and_score
+    from dfusion_bench.devices import pick_device, pick_dtype
+    from dfusion_bench.models.choice import ModelChoice
+    from dfusion_bench.pairs import build_pairs
     from dfusion_bench.progress import progress_bar
+    from dfusion_bench.rollout import sample_and_score
     from dfusion_bench.runinfo import check_out_dir, staged_dir, write_run_info
+    from dfusion_bench.scorers import make_scorer
     from dfusion_bench.seeding import sample_seeds
-    from dfusion_bench.session import ModelChoice, make_scorer, pick_device, pick_dtype
-    from dfusion_bench.templates import load_suite
+    from dfusion_bench.suites import load_suite
 
     config: FuseConfig = resolve_paths(build(FuseConfig, given.section("config")))
     run: RunOptions = build(RunOptions, given.section("run"))

@@ -27,7 +27,7 @@ def tiny(
     ] = None,
 ) -> None:
     """Save a random-weight Stable Diffusion pipeline (a standard diffusers folder) for tests and dry runs."""
-    from dfusion_bench.tiny import save_tiny_pipeline
+    from dfusion_bench.models.tiny import save_tiny_pipeline
 
     path = save_tiny_pipeline(out, arch=arch, seed=seed, sample_size=sample_size)
     typer.echo(str(path))

@@ -14,7 +14,7 @@ def _thresholds(values: tuple[float | None, ...]) -> str:
 @app.command("list")
 def list_() -> None:
     """Print the name of every suite in the templates folder ($DFUSION_TEMPLATES or templates/), one per line."""
-    from dfusion_bench.templates import list_suites
+    from dfusion_bench.suites import list_suites
 
     for name in list_suites():
         typer.echo(name)
@@ -30,7 +30,7 @@ def show(
     from rich.markup import escape
     from rich.table import Table
 
-    from dfusion_bench.templates import SPLITS, load_suite
+    from dfusion_bench.suites import SPLITS, load_suite
 
     suite = load_suite(name)
     splits = SPLITS if split is None else (split,)

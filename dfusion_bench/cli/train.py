@@ -55,21 +55,11 @@ def _leaves():
     return command_leaves(SECTIONS)
 
 
-def config_paths() -> dict[str, str]:
-    """Each configuration option's name as the command line spells it without dashes (``exclude_last_steps``), to
-    its path in ``config.json`` (``optim.exclude_last_steps``)."""
-    return {
-        leaf.flag[2:].replace("-", "_"): leaf.path.removeprefix("config.")
-        for leaf in _leaves()
-        if leaf.path.startswith("config.")
-    }
-
-
 def run_train(given: Given) -> None:
+    from dfusion_bench.devices import pick_device
     from dfusion_bench.rl.trainer import Trainer
     from dfusion_bench.runinfo import check_out_dir
-    from dfusion_bench.session import pick_device
-    from dfusion_bench.templates import load_suite
+    from dfusion_bench.suites import load_suite
 
     run: TrainRun = build(TrainRun, given.section("run"))
     config: TrainConfig = resolve_paths(build(TrainConfig, given.section("config")))

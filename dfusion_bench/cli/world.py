@@ -40,7 +40,7 @@ def _world_pipeline(model: Path | None, why: str):
     import torch
 
     from dfusion_bench.errors import UserError
-    from dfusion_bench.session import ModelChoice
+    from dfusion_bench.models.choice import ModelChoice
 
     choice = ModelChoice.check(model)
     if not choice.is_world:
@@ -65,7 +65,7 @@ def _variant(spec: str):
 
     from dfusion_bench.errors import UserError
     from dfusion_bench.fusion import FusionConfig
-    from dfusion_bench.world.fusion_study import Variant
+    from dfusion_bench.studies.fusion_study import Variant
 
     if spec.startswith("fixed:"):
         try:
@@ -93,8 +93,8 @@ def study(
     from dfusion_bench.progress import progress_bar
     from dfusion_bench.report.table_io import display_numbers, to_markdown
     from dfusion_bench.runinfo import staged_dir, write_run_info
-    from dfusion_bench.templates import load_suite
-    from dfusion_bench.world.fusion_study import run_study
+    from dfusion_bench.studies.fusion_study import run_study
+    from dfusion_bench.suites import load_suite
 
     chosen = [_variant(v.strip()) for v in variants.split(",") if v.strip()]
     suite = load_suite(template)
@@ -127,11 +127,11 @@ def quality(
     import torch
 
     from dfusion_bench import atomic
+    from dfusion_bench.models.choice import ModelChoice
     from dfusion_bench.progress import progress_bar
     from dfusion_bench.report.table_io import display_numbers, to_markdown
     from dfusion_bench.runinfo import staged_dir, write_run_info
-    from dfusion_bench.session import ModelChoice
-    from dfusion_bench.world.quality import quality_table
+    from dfusion_bench.studies.quality import quality_table
 
     choice = ModelChoice.check(model)
     pipe = choice.load(torch.device("cpu"), torch.float32)
@@ -155,8 +155,8 @@ def text_probe(
     from dfusion_bench import atomic
     from dfusion_bench.report.table_io import display_numbers, to_markdown
     from dfusion_bench.runinfo import staged_dir, write_run_info
-    from dfusion_bench.templates import load_suite
-    from dfusion_bench.world.text_probe import edit_distances, probe_summary
+    from dfusion_bench.studies.text_probe import edit_distances, probe_summary
+    from dfusion_bench.suites import load_suite
 
     suite = load_suite(template)
     pipe, path = _world_pipeline(model, "the probe edits prompts of the world's grammar")

@@ -18,13 +18,13 @@ from typing import Protocol
 import torch
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
-from dfusion_bench.denoise import EvalCounter, encode_text, guided_output
 from dfusion_bench.fusion.config import FusionConfig
 from dfusion_bench.fusion.layers import default_mask_resolution, select_cross_attention, select_self_attention
 from dfusion_bench.fusion.masks import binarize, union
 from dfusion_bench.fusion.processors import FusionController, fusion_processors
 from dfusion_bench.fusion.tokens import word_token_positions
 from dfusion_bench.fusion.triples import Triple
+from dfusion_bench.guidance import EvalCounter, encode_text, guided_output
 from dfusion_bench.sampling import decode, denoise, latent_shape, noise_stream, recompute_log_probs
 from dfusion_bench.trajectories import Trajectories
 

@@ -60,9 +60,9 @@ def load_policy(run: Path, epoch: int | None, device, dtype):
 
     Returns ``(pipe, config, epoch)``; the UNet carries the run's adapters, active.
     """
+    from dfusion_bench.models.choice import ModelChoice
     from dfusion_bench.rl.config import TrainConfig
     from dfusion_bench.rl.lora import add_lora
-    from dfusion_bench.session import ModelChoice
 
     run = Path(run)
     if not (run / "config.json").is_file():

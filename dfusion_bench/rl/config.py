@@ -14,7 +14,7 @@ from typing import Any
 from dfusion_bench.errors import UserError
 from dfusion_bench.fusion import FusionConfig
 from dfusion_bench.fusion.triples import pairing_problem
-from dfusion_bench.options import Option, from_tree, raise_problems
+from dfusion_bench.options import Option, from_tree, leaves, raise_problems
 from dfusion_bench.settings import (
     BATCH_SIZE,
     CLIP_CHECKPOINT,
@@ -51,7 +51,7 @@ EMBEDDED_LR = {"dpo": 3e-4, "ddpo": 1e-3, "pg": 1e-3}
 def default_lr(method: str, model: str | None) -> float:
     """The learning rate a run uses when none is given: the embedded model's (``model`` None or any shapes-world
     pipeline, such as a fresh ``dfusion world pretrain``) or the literature's."""
-    from dfusion_bench.models import is_world_model
+    from dfusion_bench.models.loading import is_world_model
 
     return (EMBEDDED_LR if model is None or is_world_model(Path(model)) else LITERATURE_LR)[method]
 
@@ -299,3 +299,9 @@ class TrainConfig:
 def run_name(method: str, fusion: bool, suite: str, seed: int) -> str:
     """``METHOD-fusion|plain-SUITE-sSEED``, the name of a run's folder wherever one is made."""
     return f"{method}-{'fusion' if fusion else 'plain'}-{suite}-s{seed}"
+
+
+def option_paths() -> dict[str, str]:
+    """Each training option's name as the command line spells it without dashes (``exclude_last_steps``), to its
+    path in ``config.json`` (``optim.exclude_last_steps``)."""
+    return {leaf.flag[2:].replace("-", "_"): leaf.path for leaf in leaves(TrainConfig)}

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
-from dfusion_bench.denoise import TextConditioning, encode_text, guided_output
+from dfusion_bench.guidance import TextConditioning, encode_text, guided_output
 from dfusion_bench.pairs import Pairs
 from dfusion_bench.rl.advantages import PerPromptStats, group_advantages
 from dfusion_bench.rl.config import TrainConfig

@@ -21,20 +21,23 @@ import torch
 from rich.progress import Progress
 
 from dfusion_bench import atomic
+from dfusion_bench.devices import pick_dtype, use_cpu
 from dfusion_bench.distributed import Distributor
 from dfusion_bench.errors import UserError
 from dfusion_bench.evaluation import evaluate, write_grid, write_samples
-from dfusion_bench.pairs import build_pairs, sample_and_score
+from dfusion_bench.models.choice import ModelChoice
+from dfusion_bench.pairs import build_pairs
 from dfusion_bench.progress import advance_callback, progress_bar
 from dfusion_bench.rl import checkpoint
 from dfusion_bench.rl.advantages import PerPromptStats
 from dfusion_bench.rl.config import OptimSettings, TrainConfig
 from dfusion_bench.rl.lora import add_lora, lora_state
 from dfusion_bench.rl.methods import METHODS, Examples, Method, Policy
+from dfusion_bench.rollout import sample_and_score
 from dfusion_bench.runinfo import write_run_info
+from dfusion_bench.scorers import make_scorer
 from dfusion_bench.seeding import sample_seeds
-from dfusion_bench.session import ModelChoice, make_scorer, pick_dtype, use_cpu
-from dfusion_bench.templates import load_suite
+from dfusion_bench.suites import load_suite
 
 METRICS = "metrics.jsonl"
 TRAIN_LOG = "train_log.jsonl"

@@ -13,12 +13,21 @@ alone takes seconds to import).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from dfusion_bench.errors import UserError
 from dfusion_bench.scorers.base import Scorer, Scores
 
+if TYPE_CHECKING:
+    import torch
+
+    from dfusion_bench.models.choice import ModelChoice
+
 ScorerFactory = Callable[..., Scorer]
+
+#: The CLIP model of CLIPScore in the D-Fusion paper (open_clip ViT-H-14, laion2B-s32B-b79K weights).
+DEFAULT_CLIP_MODEL = "ViT-H-14"
 
 _FACTORIES: dict[str, ScorerFactory] = {}
 
@@ -69,4 +78,37 @@ def _verifier_scorer(**options: Any) -> Scorer:
     return VerifierScorer(**options)
 
 
-__all__ = ["Scorer", "ScorerFactory", "Scores", "available_scorers", "get_scorer", "register_scorer"]
+def make_scorer(
+    name: str | None,
+    model: ModelChoice,
+    prompts: list[str],
+    device: torch.device,
+    clip_model: str | None = None,
+    clip_checkpoint: Path | None = None,
+) -> Scorer:
+    """Build and check a scorer before any sampling: unknown names, missing checkpoints and prompts the verifier
+    cannot read fail here, in one line."""
+    name = name or model.default_scorer()
+    if name not in available_scorers():
+        raise UserError(f"unknown scorer {name!r}; known scorers: {', '.join(available_scorers())}")
+    if name == "clip":
+        model_name = clip_model or DEFAULT_CLIP_MODEL
+        return get_scorer("clip", model_name=model_name, checkpoint=clip_checkpoint, device=device)
+    if name == "verifier":
+        from dfusion_bench.world.grammar import parse
+
+        for prompt in prompts:
+            parse(prompt)
+    return get_scorer(name)
+
+
+__all__ = [
+    "DEFAULT_CLIP_MODEL",
+    "Scorer",
+    "ScorerFactory",
+    "Scores",
+    "available_scorers",
+    "get_scorer",
+    "make_scorer",
+    "register_scorer",
+]

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True, eq=False)  # eq would compare numpy arrays elementwise and fail; compare fields instead
@@ -99,6 +101,8 @@ def check_batch(images: torch.Tensor, prompts: list[str], metadata: list[dict[st
 
     Mismatched inputs are programming errors, so they raise ``ValueError`` rather than a user-facing error.
     """
+    import torch  # here, so that the scorer registry (and the command line) loads without torch
+
     if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be a (B, 3, H, W) tensor, got {getattr(images, 'shape', type(images))}")
     if not images.is_floating_point():

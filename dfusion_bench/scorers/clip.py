@@ -25,10 +25,10 @@ from open_clip.transform import PreprocessCfg, ResizeKeepRatio, image_transform_
 from torchvision.transforms import Compose, Normalize
 
 from dfusion_bench.errors import UserError
+from dfusion_bench.scorers import DEFAULT_CLIP_MODEL
 from dfusion_bench.scorers.base import Scores, check_batch
-from dfusion_bench.settings import CLIP_MODEL
 
-DEFAULT_MODEL = CLIP_MODEL.default
+DEFAULT_MODEL = DEFAULT_CLIP_MODEL
 CHECKPOINT_ENV = "DFUSION_CLIP_CHECKPOINT"
 _HOW_TO_FIX = f"pass --clip-checkpoint PATH or set {CHECKPOINT_ENV} to a local open_clip weights file"
 _REMOTE_PREFIXES = ("hf-hub:", "local-dir:")

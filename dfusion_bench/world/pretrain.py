@@ -26,8 +26,8 @@ from diffusers.training_utils import EMAModel
 
 from dfusion_bench import atomic
 from dfusion_bench.errors import UserError
+from dfusion_bench.models.sd_parts import NOISE_SCHEDULE, assemble
 from dfusion_bench.progress import progress_bar
-from dfusion_bench.sd_parts import NOISE_SCHEDULE, assemble
 from dfusion_bench.world import architecture
 from dfusion_bench.world.render import draw
 from dfusion_bench.world.scenes import training_example

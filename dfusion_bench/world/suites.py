@@ -31,7 +31,7 @@ relation, shape order, colors (and held-out combinations) have been used least s
 are as even as 40 allows, and any prefix of a split is itself roughly balanced. Note that the world's pretraining
 captions are random, so "held out" means unseen in fine-tuning (RL / D-Fusion training), not in pretraining.
 
-Regenerate the files with ``python -m dfusion_bench.templates`` (see :mod:`dfusion_bench.templates`).
+Regenerate the files with ``python -m dfusion_bench.suites`` (see :mod:`dfusion_bench.suites`).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import permutations, product
 
-from dfusion_bench.templates import PromptEntry, Suite
+from dfusion_bench.suites import PromptEntry, Suite
 from dfusion_bench.world.grammar import COLORS, RELATIONS, SHAPES, SIZES, ObjectSpec, SceneSpec, format_prompt
 
 SEED = 20250501

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from dfusion_bench.grid import command, run_dir
+from dfusion_bench.studies.grid import command, run_dir
 
 limit, root = float(sys.argv[1]), Path(sys.argv[2])
 out = Path(os.environ.get("OUT", "/tmp/out"))

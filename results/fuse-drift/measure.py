@@ -14,9 +14,9 @@ from pathlib import Path
 import torch
 
 from dfusion_bench import fuse_output
-from dfusion_bench.denoise import encode_text
+from dfusion_bench.guidance import encode_text
 from dfusion_bench.sampling import transition
-from dfusion_bench.session import ModelChoice
+from dfusion_bench.models.choice import ModelChoice
 from dfusion_bench.settings import SamplerConfig
 
 torch.manual_seed(0)

@@ -34,15 +34,15 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import AttnProcessor
 
-from dfusion_bench.denoise import encode_text
+from dfusion_bench.guidance import encode_text
 from dfusion_bench.fusion.layers import attention_layers
 from dfusion_bench.fusion.tokens import word_token_positions
 from dfusion_bench.rl.checkpoint import load_policy
 from dfusion_bench.sampling import sample
 from dfusion_bench.scorers.verifier import to_hwc_numpy
 from dfusion_bench.seeding import eval_seeds
-from dfusion_bench.session import ModelChoice
-from dfusion_bench.templates import load_suite
+from dfusion_bench.models.choice import ModelChoice
+from dfusion_bench.suites import load_suite
 from dfusion_bench.settings import SamplerConfig
 from dfusion_bench.world.grammar import parse
 from dfusion_bench.world.verify import verify

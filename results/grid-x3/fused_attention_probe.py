@@ -38,7 +38,7 @@ from attention_probe import (  # noqa: E402
     unfused_pass,
 )
 
-from dfusion_bench.denoise import encode_text  # noqa: E402
+from dfusion_bench.guidance import encode_text  # noqa: E402
 from dfusion_bench.fusion.config import FusionConfig  # noqa: E402
 from dfusion_bench.fusion.engine import fuse_triples  # noqa: E402
 from dfusion_bench.fusion.layers import attention_layers  # noqa: E402

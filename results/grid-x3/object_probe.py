@@ -16,8 +16,8 @@ from dfusion_bench.rl.checkpoint import load_policy
 from dfusion_bench.sampling import sample
 from dfusion_bench.scorers.verifier import to_hwc_numpy
 from dfusion_bench.seeding import eval_seeds
-from dfusion_bench.session import ModelChoice
-from dfusion_bench.templates import load_suite
+from dfusion_bench.models.choice import ModelChoice
+from dfusion_bench.suites import load_suite
 from dfusion_bench.settings import SamplerConfig
 from dfusion_bench.world.grammar import parse
 from dfusion_bench.world.verify import verify

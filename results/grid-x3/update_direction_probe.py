@@ -25,9 +25,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from attention_probe import CONFIG, difference, kept, new_values, record, recorders, unfused_pass  # noqa: E402
 
-from dfusion_bench.denoise import encode_text  # noqa: E402
+from dfusion_bench.guidance import encode_text  # noqa: E402
 from dfusion_bench.fusion.layers import attention_layers  # noqa: E402
-from dfusion_bench.pairs import build_pairs, sample_and_score  # noqa: E402
+from dfusion_bench.pairs import build_pairs  # noqa: E402
+from dfusion_bench.rollout import sample_and_score  # noqa: E402
 from dfusion_bench.rl.advantages import PerPromptStats  # noqa: E402
 from dfusion_bench.rl.config import TrainConfig  # noqa: E402
 from dfusion_bench.rl.methods import METHODS, Policy  # noqa: E402

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from dfusion_bench.grid import METHODS, SUITES, command, run_dir
+from dfusion_bench.studies.grid import METHODS, SUITES, command, run_dir
 
 limit = float(sys.argv[1])
 root = Path(sys.argv[2])

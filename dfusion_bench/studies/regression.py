@@ -15,13 +15,13 @@ form's baseline names under ``must_rise`` does not raise its train-split mean sc
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from dfusion_bench import atomic
-from dfusion_bench.grid import grid_value
+from dfusion_bench.studies.grid import grid_value
 
 BASELINE_FILE = Path(__file__).parent / "regression_baseline.json"
 
@@ -57,16 +57,6 @@ def _form() -> tuple[str, str | None, str | None]:
     return "embedded", None, None
 
 
-def _cli(args: list[str]) -> None:
-    from dfusion_bench.cli import main
-
-    try:
-        main(args)
-    except SystemExit as exc:
-        if exc.code not in (0, None):
-            raise SystemExit(f"regression: `dfusion {' '.join(args)}` failed with exit code {exc.code}") from None
-
-
 def _train_rise(run: Path) -> tuple[float, float]:
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in rows if r["split"] == "train"]
@@ -89,7 +79,9 @@ def failures(result: dict, baseline: dict) -> list[str]:
     return found
 
 
-def run_regression(out: Path, device: str | None = None) -> dict:
+def run_regression(out: Path, device: str | None, run_command: Callable[[list[str]], None]) -> dict:
+    """Fuse, then dpo with and without fusion, each through ``run_command`` (``dfusion`` argv); the result with
+    the baseline's verdict, also written to ``out/regression.json``."""
     form, model, clip = _form()
     if form == "embedded" and device in (None, "cpu"):
         import torch
@@ -105,7 +97,7 @@ def run_regression(out: Path, device: str | None = None) -> dict:
         common += ["--device", device]
     common += settings["fusion"]
     fuse_n = ["--samples-per-prompt", str(p["fuse_samples_per_prompt"])]
-    _cli(["fuse", "--split", "train", "--out", str(out / "fuse"), "--overwrite", *fuse_n, *common])
+    run_command(["fuse", "--split", "train", "--out", str(out / "fuse"), "--overwrite", *fuse_n, *common])
     manifest = json.loads((out / "fuse" / "manifest.json").read_text())
     result: dict = {"form": form, "protocol": p, "target_beats_base": manifest.get("target_beats_base_rate")}
     for fusion in (True, False):
@@ -116,7 +108,7 @@ def run_regression(out: Path, device: str | None = None) -> dict:
                  "--eval-samples-per-prompt", str(p["eval_samples_per_prompt"]),
                  "--eval-every", str(p["epochs"]), "--eval-splits", "train", *common]  # fmt: skip
         train += settings["train"]
-        _cli(train)
+        run_command(train)
         before, after = _train_rise(run)
         result[run.name] = {"train_score_epoch0": before, "train_score_final": after, "rose": after > before}
     baseline = json.loads(BASELINE_FILE.read_text())[form]
@@ -124,21 +116,3 @@ def run_regression(out: Path, device: str | None = None) -> dict:
     result["failures"] = failures(result, baseline)
     atomic.write_json(out / "regression.json", result)
     return result
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path("results/regression"))
-    parser.add_argument("--device", default=None)
-    args = parser.parse_args(argv)
-    result = run_regression(args.out, args.device)
-    print(json.dumps(result, indent=2))
-    if result["failures"]:
-        print("REGRESSION FAILED: " + "; ".join(result["failures"]))
-        return 1
-    print("regression passed")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,6 +1,6 @@
 """The whole benchmark grid in one command: every method × fusion × suite × seed, then the report.
 
-``python -m dfusion_bench.grid --seeds 0 1`` (or ``nox -s grid -- --seeds 0 1``) trains each cell as its own
+``dfusion grid --seeds 0,1`` (or ``nox -s grid -- --seeds 0,1``) trains each cell as its own
 ``dfusion train`` process (``--jobs`` at a time, one CPU thread each), resumes cells that were interrupted, skips
 cells that are complete, and finally builds the report over all runs. The per-run configuration is
 :data:`GRID_CONFIG`, sized so that one run takes at most about 20 minutes on a 2-core laptop CPU. With
@@ -10,13 +10,13 @@ cells that are complete, and finally builds the report over all runs. The per-ru
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
@@ -99,14 +99,13 @@ def is_exported(dest: Path, epochs: int, extra: list[str] | tuple[str, ...] = ()
     passes (:func:`grid_options`): such a cell is done even where its run folder (with the checkpoints) is gone, e.g.
     in a fresh clone that holds the committed results. A run exported under any other value of them (another sample
     count, the first model's grid, all steps trained) is not."""
-    from dfusion_bench.cli.train import config_paths
     from dfusion_bench.options import flatten
-    from dfusion_bench.rl.config import TrainConfig
+    from dfusion_bench.rl.config import TrainConfig, option_paths
 
     if not all((dest / name).is_file() for name in EXPORTED_FILES):
         return False
     stored = flatten(TrainConfig.load(dest / "config.json").to_dict())  # fields it lacks: their defaults
-    paths = config_paths()
+    paths = option_paths()
     for option, value in grid_options(extra).items():
         path = paths.get(option, option)
         if option != "epochs" and path in stored and not _agrees(stored[path], value):
@@ -223,36 +222,33 @@ def run_pool(
     return failed
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Train every method x fusion x suite, then build the report.")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS))
-    parser.add_argument("--suites", nargs="+", default=list(SUITES))
-    parser.add_argument("--out", type=Path, default=Path("runs/grid"))
-    parser.add_argument("--report", type=Path, default=Path("results/report"))
-    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (each uses one CPU thread)")
-    parser.add_argument("--export", type=Path, default=None, help="copy finished runs here; report on the copies")
-    parser.add_argument(
-        "--final-eval",
-        type=int,
-        default=0,
-        metavar="SEEDS",
-        help="then evaluate the base model and every finished run's final policy with this many fixed "
-        "seeds per prompt (0: no final evaluation); the report pairs them image by image",
-    )
-    parser.add_argument(
-        "--final-eval-splits", nargs="+", default=["train"], choices=["train", "test"], help="splits of --final-eval"
-    )
-    parser.add_argument("--with", dest="also", type=Path, nargs="*", default=[], help="more report inputs (fuse dirs)")
-    parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more `dfusion train` options")
-    args = parser.parse_args(argv)
-    console = Console()
-    epochs = int(grid_value("--epochs", args.extra))
+@dataclass(frozen=True)
+class GridPlan:
+    """What a grid run covers and where it writes (the options of ``dfusion grid``)."""
+
+    seeds: tuple[int, ...] = (0,)
+    methods: tuple[str, ...] = METHODS
+    suites: tuple[str, ...] = SUITES
+    out: Path = Path("runs/grid")
+    report: Path = Path("results/report")
+    jobs: int = 2
+    export: Path | None = None
+    final_eval: int = 0
+    final_eval_splits: tuple[str, ...] = ("train",)
+    also: tuple[Path, ...] = ()
+    extra: tuple[str, ...] = ()
+
+
+def run_grid(args: GridPlan, console: Console) -> list[str]:
+    """Train every cell not yet complete (``args.jobs`` at a time), export, evaluate finally, build the report;
+    returns the names of the jobs that failed."""
+    extra = list(args.extra)
+    epochs = int(grid_value("--epochs", extra))
     cells = [(m, f, s, seed) for seed in args.seeds for s in args.suites for m in args.methods for f in (False, True)]
 
     def exported(cell: tuple) -> Path | None:
         dest = args.export / run_dir(args.out, *cell).name if args.export is not None else None
-        return dest if dest is not None and is_exported(dest, epochs, args.extra) else None
+        return dest if dest is not None and is_exported(dest, epochs, extra) else None
 
     todo = [c for c in cells if not (is_complete(run_dir(args.out, *c), epochs) or exported(c))]
     console.print(f"{len(cells)} runs, {len(cells) - len(todo)} complete, {len(todo)} to do, {args.jobs} at a time")
@@ -269,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     train_jobs = []
     for cell in todo:
         run = run_dir(args.out, *cell)
-        train_jobs.append((run.name, command(run, *cell, args.extra), export(run)))
+        train_jobs.append((run.name, command(run, *cell, extra), export(run)))
     failed = run_pool(train_jobs, args.jobs, args.out, console)
     finished = [run for run in (run_dir(args.out, *c) for c in cells) if is_complete(run, epochs)]
     if args.export is not None:
@@ -286,30 +282,27 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"report: {index}")
     if failed:
         console.print(f"[red]{len(failed)} jobs failed: {', '.join(failed)}")
-    return 1 if failed else 0
+    return failed
 
 
 def final_eval_jobs(
-    args: argparse.Namespace, cells: list[tuple], root: Path, epochs: int, exported: Callable[[tuple], Path | None]
+    args: GridPlan, cells: list[tuple], root: Path, epochs: int, exported: Callable[[tuple], Path | None]
 ) -> list[tuple[str, list[str], Callable[[], None]]]:
     """The final evaluations still missing: the base model once per suite and split, and every finished run."""
-    images = int(grid_value("--prompts", args.extra)) * args.final_eval
+    extra = list(args.extra)
+    images = int(grid_value("--prompts", extra)) * args.final_eval
     jobs = []
     for split in args.final_eval_splits:
         for suite in args.suites:
             out = final_eval_dir(root, f"{suite}-base", split)
             if not has_final_eval(out, images, None):
-                cmd = final_eval_command(out, suite, split, args.final_eval, None, args.extra)
+                cmd = final_eval_command(out, suite, split, args.final_eval, None, extra)
                 jobs.append((out.name, cmd, lambda: None))
         for cell in cells:
             run = run_dir(args.out, *cell)
             source = exported(cell) or (run if is_complete(run, epochs) else None)  # the committed copy first
             out = final_eval_dir(root, run.name, split)
             if source is not None and not has_final_eval(out, images, epochs):
-                cmd = final_eval_command(out, cell[2], split, args.final_eval, source, args.extra)
+                cmd = final_eval_command(out, cell[2], split, args.final_eval, source, extra)
                 jobs.append((out.name, cmd, lambda: None))
     return jobs
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

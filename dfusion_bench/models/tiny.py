@@ -18,7 +18,7 @@ Two architectures:
     on a CPU, so tests build it on the ``meta`` device (``device="meta"``: shapes only, no memory); GPU checks build
     it for real. ``sample_size`` (the latent side, 64 in SD 2.1-base) changes no weight, only the default image size.
 
-Both use SD's real CLIP BPE tokenizer (:mod:`dfusion_bench.clip_tokenizer`), so multi-token words split as in SD,
+Both use SD's real CLIP BPE tokenizer (:mod:`dfusion_bench.models.clip_tokenizer`), so multi-token words split as in SD,
 SD's DDIM schedule and no safety checker. All weights are random, drawn from a private generator seeded by ``seed``
 (the caller's global RNG state is left untouched): the same arguments give the same weights.
 """
@@ -35,10 +35,10 @@ import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from dfusion_bench.clip_tokenizer import EOS, clip_tokenizer
 from dfusion_bench.errors import UserError
-from dfusion_bench.models import hf_quiet
-from dfusion_bench.sd_parts import DDIM_SETTINGS, NOISE_SCHEDULE, assemble
+from dfusion_bench.models.clip_tokenizer import EOS, clip_tokenizer
+from dfusion_bench.models.loading import hf_quiet
+from dfusion_bench.models.sd_parts import DDIM_SETTINGS, NOISE_SCHEDULE, assemble
 
 ARCHS = ("tiny", "sd21")
 #: Provenance file written into a saved tiny pipeline (diffusers ignores it).

@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 from diffusers import StableDiffusionPipeline
 
-from dfusion_bench.denoise import encode_text
+from dfusion_bench.guidance import encode_text
 from dfusion_bench.world.edits import EDITS, edited_prompts
 
 

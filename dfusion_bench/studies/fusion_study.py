@@ -24,12 +24,12 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from dfusion_bench.fusion import FusionConfig, FusionResult, Triple, fuse_triples, select_triples
 from dfusion_bench.fusion.masks import binarize, resize_mask
-from dfusion_bench.pairs import ScoredSamples, sample_and_score, score_trajectories
 from dfusion_bench.progress import advance_callback
+from dfusion_bench.rollout import ScoredSamples, sample_and_score, score_trajectories
 from dfusion_bench.scorers import get_scorer
 from dfusion_bench.seeding import sample_seeds
 from dfusion_bench.settings import SamplerConfig
-from dfusion_bench.templates import PromptEntry
+from dfusion_bench.suites import PromptEntry
 from dfusion_bench.world.grammar import parse
 from dfusion_bench.world.verify import verify
 

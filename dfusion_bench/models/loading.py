@@ -23,7 +23,7 @@ from safetensors import SafetensorError
 from dfusion_bench.errors import UserError
 
 #: Where the trained embedded (shapes-world) pipeline ships inside the package.
-EMBEDDED_MODEL: Path = Path(__file__).parent / "world" / "pipeline"
+EMBEDDED_MODEL: Path = Path(__file__).parent.parent / "world" / "pipeline"
 
 #: Components a Stable Diffusion pipeline needs, with the classes this toolkit accepts for each (None: any).
 REQUIRED: dict[str, tuple[str, ...] | None] = {

@@ -18,7 +18,7 @@ from rich.progress import Progress
 from dfusion_bench.evaluation import EvalResult, evaluate, write_grid
 from dfusion_bench.scorers import get_scorer
 from dfusion_bench.settings import SamplerConfig
-from dfusion_bench.templates import PromptEntry, load_suite
+from dfusion_bench.suites import PromptEntry, load_suite
 from dfusion_bench.world.grammar import COLORS, SHAPES, ObjectSpec, SceneSpec, format_prompt
 from dfusion_bench.world.suites import SHAPES_SUITES
 
