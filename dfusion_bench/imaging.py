@@ -72,3 +72,9 @@ def save_png(image: torch.Tensor, path: str | Path, scale: int = 1) -> Path:
         image = F.interpolate(image[None].float(), scale_factor=scale, mode="nearest")[0]
     pil = Image.fromarray(to_uint8(image))
     return atomic.write_with(path, lambda p: pil.save(p, format="PNG"))
+
+
+def read_png(path: str | Path) -> np.ndarray:
+    """A PNG as an (H, W, 3) uint8 array."""
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))

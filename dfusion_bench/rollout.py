@@ -75,11 +75,15 @@ def sample_and_score(
     local = dist.shard(work)
     advance = advance_callback(progress, label, len(local))
     t0 = time.perf_counter()
-    traj = sample(pipe, [w[0] for w in local], [w[1] for w in local], sampler, batch_size, unet=unet, on_batch=advance)
+    records: list[tuple[Trajectories, Scores]] = []  # a process whose share is empty samples nothing
+    if local:
+        prompts, local_seeds = [w[0] for w in local], [w[1] for w in local]
+        traj = sample(pipe, prompts, local_seeds, sampler, batch_size, unet=unet, on_batch=advance)
     t1 = time.perf_counter()
-    local_scores = score_trajectories(scorer, traj)
+    if local:
+        records = _split(traj, score_trajectories(scorer, traj))
     timing = {"sampling_s": t1 - t0, "scoring_s": time.perf_counter() - t1}
-    traj, scores = _join(dist.gather(_split(traj, local_scores)))
+    traj, scores = _join(dist.gather(records))
     groups, start = [], 0
     for row in seeds:
         groups.append(list(range(start, start + len(row))))

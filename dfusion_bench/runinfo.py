@@ -91,12 +91,27 @@ def staged_dir(out: Path, overwrite: bool) -> Iterator[Path]:
     atomic.replace_dir(stage, out)
 
 
-def write_run_info(out: Path, command: str, config: dict[str, Any], seeds: dict[str, Any], model: Path) -> Path:
-    """``run.json``: the resolved configuration, package versions, seeds, the command line, and the fingerprint of
-    the weights of ``model`` (the resolved pipeline folder the run used)."""
+#: The command line of this invocation as the user typed it (set by the CLI's entry point; else ``sys.argv``).
+_COMMAND_LINE: list[str] | None = None
+
+
+def record_command_line(argv: list[str]) -> None:
+    """Remember the command line that ``run.json`` records (``dfusion ...`` when the CLI is called in-process)."""
+    global _COMMAND_LINE
+    _COMMAND_LINE = list(argv)
+
+
+def write_run_info(
+    out: Path, command: str, config: dict[str, Any], seeds: dict[str, Any], model: Path, processes: int = 1
+) -> Path:
+    """``run.json``: the resolved configuration, package versions, seeds, the command line as typed (relative paths
+    as given; the configuration holds them resolved), the number of processes, and the fingerprint of the weights of
+    ``model`` (the resolved pipeline folder the run used)."""
     info = {
         "command": command,
-        "argv": sys.argv,
+        "argv": _COMMAND_LINE if _COMMAND_LINE is not None else sys.argv,
+        "cwd": str(Path.cwd()),
+        "processes": processes,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "config": config,
         "seeds": seeds,

@@ -169,3 +169,142 @@ def test_ddpo_logs_diagnostics_and_group_advantages(tmp_path, tiny_dir, monkeypa
     config = json.loads((out / "config.json").read_text())
     assert config["eval_steps"] == 6 and config["optim"]["timestep_sampling"] == "per-sample"
     assert evaluated_at == [6] * 6  # epochs 0, 1, 2 x train, test: at --eval-steps, not --steps
+
+
+# ---- options no other test exercises ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def moved_policy():
+    """A tiny LoRA policy whose adapters were moved away from the base model, with one epoch's pairs."""
+    from dfusion_bench.fusion import FusionConfig
+    from dfusion_bench.models.tiny import build_tiny_pipeline
+    from dfusion_bench.pairs import build_pairs
+    from dfusion_bench.rl.config import LoraSettings
+    from dfusion_bench.rl.lora import add_lora
+    from dfusion_bench.rollout import sample_and_score
+    from dfusion_bench.scorers import get_scorer
+    from dfusion_bench.suites import PromptEntry
+
+    pipe = build_tiny_pipeline("tiny", seed=1)
+    params = add_lora(pipe.unet, LoraSettings(), seed=0)
+    entries = [PromptEntry("a cat eating a sandwich", ("cat", "sandwich"), (None, None))]
+    scorer = get_scorer("compressibility")
+    samples = sample_and_score(pipe, scorer, entries, [list(range(1, 9))], SamplerConfig(num_steps=3))
+    pairs = build_pairs(pipe, scorer, samples, FusionConfig(skip_first_steps=1), fuse=False)
+    with torch.no_grad():
+        for p in params:
+            p.add_(0.05 * torch.randn_like(p))
+    return pipe, pairs
+
+
+def test_dpok_kl_term_runs_and_adds_to_the_loss(moved_policy) -> None:
+    from dfusion_bench.rl.advantages import PerPromptStats
+    from dfusion_bench.rl.methods import Policy
+
+    pipe, pairs = moved_policy
+    losses = {}
+    for w in (0.0, 0.5):
+        config = TrainConfig(method="pg", sampler=SamplerConfig(num_steps=3), pg=PGSettings(kl_weight=w))
+        policy = Policy(pipe, pipe.unet, pipe.unet, config)
+        data = METHODS["pg"]().prepare(policy, pairs, PerPromptStats())
+        with torch.no_grad():
+            losses[w] = METHODS["pg"]().step_loss(policy, data, list(range(8)), 1)
+    kl = losses[0.5].diagnostics["kl_surrogate"]
+    assert (kl > 0).all()  # the adapters moved, so eps differs from the reference policy's
+    assert losses[0.5].loss.item() == pytest.approx(losses[0.0].loss.item() + 0.5 * kl.mean().item(), rel=1e-5)
+
+
+def test_ppo_clips_when_the_ratio_leaves_its_range(moved_policy) -> None:
+    """With moved adapters the ratio to the sampling policy is not 1; rows outside 1 +- clip_range are flagged and
+    their loss is the clipped surrogate's, max(-A r, -A clip(r))."""
+    from dfusion_bench.rl.advantages import PerPromptStats
+    from dfusion_bench.rl.methods import Policy
+    from dfusion_bench.sampling import transition
+
+    pipe, pairs = moved_policy
+    config = TrainConfig(method="ddpo", sampler=SamplerConfig(num_steps=3), ddpo=DDPOSettings(clip_range=1e-4))
+    policy = Policy(pipe, pipe.unet, pipe.unet, config)
+    data = METHODS["ddpo"]().prepare(policy, pairs, PerPromptStats(min_count=100))
+    rows = list(range(8))
+    with torch.no_grad():
+        out = METHODS["ddpo"]().step_loss(policy, data, rows, 1)
+        text = data.texts[0].select(torch.tensor(rows))
+        _, logp = transition(pipe, pipe.unet, text, data.trajs[0].latents, data.trajs[0].timesteps, 1, config.sampler)
+    ratio = torch.exp(logp - data.old_log_probs[:, 1])
+    assert (ratio - 1).abs().max() > 1e-4
+    assert out.diagnostics["clipped"].tolist() == ((ratio - 1).abs() > 1e-4).float().tolist()
+    adv = data.advantages.clamp(-5, 5)
+    expected = torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - 1e-4, 1 + 1e-4)).mean()
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert out.loss.item() != pytest.approx((-adv * ratio).mean().item(), rel=1e-7)  # clipping changed it
+
+
+def test_per_prompt_statistics_buffer() -> None:
+    """Batch statistics until a prompt has min_count scores, then its own over the last `buffer` scores."""
+    from dfusion_bench.rl.advantages import PerPromptStats
+
+    stats = PerPromptStats(buffer=4, min_count=3)
+    first = stats.advantages(["a", "a", "b", "b"], np.array([1.0, 0.0, 0.5, 0.5]))
+    batch = np.array([1.0, 0.0, 0.5, 0.5])
+    assert first == pytest.approx((batch - batch.mean()) / (batch.std() + 1e-6))
+    second = stats.advantages(["a", "a"], np.array([1.0, 1.0]))  # "a" now holds 1, 0, 1, 1
+    held = np.array([1.0, 0.0, 1.0, 1.0])
+    assert second == pytest.approx((1.0 - held.mean()) / (held.std() + 1e-6))
+    stats.advantages(["a"], np.array([0.0]))  # the buffer keeps the last 4: 0, 1, 1, 0
+    restored = PerPromptStats()
+    restored.load_state_dict(stats.state_dict())
+    assert list(restored._scores["a"]) == [0.0, 1.0, 1.0, 0.0] and restored.buffer == 4 and restored.min_count == 3
+
+
+def test_inner_epochs_and_timestep_fraction_set_the_work_of_an_epoch(tmp_path, tiny_dir, monkeypatch) -> None:
+    """ddpo on 8 samples, batches of 4, 2 inner epochs: 4 optimizer steps; a fraction 0.5 of 4 steps: 2 denoising
+    steps per example and minibatch."""
+    from dfusion_bench.rl import methods
+
+    calls, steps = [], []
+    real_loss = methods.DDPO.step_loss
+
+    def counting_loss(self, policy, data, idx, step):
+        calls.append((tuple(idx), step))
+        return real_loss(self, policy, data, idx, step)
+
+    real_step = torch.optim.AdamW.step
+    monkeypatch.setattr(methods.DDPO, "step_loss", counting_loss)
+    monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, *a, **k: steps.append(1) or real_step(self, *a, **k))
+    args = ["train", "--method", "ddpo", "--model", str(tiny_dir), *TINY, "--samples-per-prompt", "4"]
+    args += ["--epochs", "1", "--eval-samples-per-prompt", "1", "--eval-splits", "train", "--out", str(tmp_path / "r")]
+    args += ["--train-batch-size", "4", "--inner-epochs", "2", "--timestep-fraction", "0.5"]
+    assert _cli(*args) == 0
+    assert len(steps) == 4
+    assert len(calls) == 4 * 2 and all(len(rows) == 4 for rows, _ in calls)
+
+
+def test_eval_of_a_runs_epoch_reproduces_that_epochs_evaluation(tmp_path, tiny_dir) -> None:
+    """`eval --run --epoch E` with the run's settings samples the same images as the run's own evaluation at E."""
+    run = tmp_path / "run"
+    args = ["train", "--method", "pg", "--model", str(tiny_dir), *TINY, "--samples-per-prompt", "4", "--lr", "3e-2"]
+    assert _cli(*args, "--epochs", "1", "--eval-samples-per-prompt", "2", "--out", str(run)) == 0
+    metrics = {(r["epoch"], r["split"]): r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())}
+    for epoch in (0, 1):
+        out = tmp_path / f"e{epoch}"
+        code = _cli("eval", "--run", str(run), "--epoch", str(epoch), "--split", "test", "--prompts", "2",
+                    "--samples-per-prompt", "2", "--out", str(out))  # fmt: skip
+        assert code == 0
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["source"]["epoch"] == epoch
+        assert summary["scorers"]["compressibility"]["mean_score"] == pytest.approx(
+            metrics[(epoch, "test")]["mean_score"]
+        )
+    assert metrics[(0, "test")]["mean_score"] != metrics[(1, "test")]["mean_score"]
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_half_precision_on_cpu(tmp_path, tiny_dir, dtype) -> None:
+    """--dtype bf16 / fp16 on the CPU: the pipeline runs in that dtype and scores stay finite."""
+    out = tmp_path / dtype
+    code = _cli("eval", "--model", str(tiny_dir), *TINY, "--split", "train", "--samples-per-prompt", "2",
+                "--dtype", dtype, "--device", "cpu", "--out", str(out))  # fmt: skip
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert np.isfinite(summary["scorers"]["compressibility"]["mean_score"])

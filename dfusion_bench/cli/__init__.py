@@ -38,6 +38,9 @@ _register()
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: a :class:`UserError` becomes one line on stderr and exit code 2."""
+    from dfusion_bench.runinfo import record_command_line
+
+    record_command_line(sys.argv if argv is None else ["dfusion", *argv])
     try:
         app(args=argv, standalone_mode=False)
     except UserError as exc:

@@ -13,10 +13,11 @@ from dfusion_bench.cli.derive import Given, derived_command
 from dfusion_bench.errors import UserError
 from dfusion_bench.options import Option, build, flatten, raise_problems
 from dfusion_bench.rl.config import TrainConfig
+from dfusion_bench.rl.tracking import TRACKERS
 from dfusion_bench.settings import RunOptions, resolve_paths
 
 #: Options that may differ on --resume: where and on what it computes, and (raising only) the number of epochs.
-RESUMABLE = {"run.out", "run.overwrite", "run.device", "run.dtype", "run.resume", "config.epochs"}
+RESUMABLE = {"run.out", "run.overwrite", "run.device", "run.dtype", "run.resume", "run.log_with", "config.epochs"}
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,12 @@ class TrainRun(RunOptions):
 
     out: Path | None = Option(None, "Run folder. Default: runs/METHOD-fusion|plain-SUITE-sSEED.", metavar="DIR").field()
     resume: bool = Option(False, "Continue the run in --out from its latest checkpoint.", flag="--resume").field()
+    log_with: tuple[str, ...] = Option(
+        (),
+        "Also send per-epoch metrics and sample grids to these trackers (comma-separated; accelerate's tracker API). "
+        "Default: none; the run folder's curves and tables are written either way.",
+        choices=TRACKERS,
+    ).field()
 
     def __post_init__(self) -> None:
         raise_problems(self)
@@ -70,7 +77,11 @@ def run_train(given: Given) -> None:
         check_out_dir(out, run.overwrite)
     load_suite(config.template)  # a bad template fails before the model loads
     pick_device(run.device)
-    trainer = Trainer(config, out, device=run.device, dtype=run.dtype)
+    if run.log_with:
+        from dfusion_bench.rl.tracking import check_available
+
+        check_available(run.log_with)
+    trainer = Trainer(config, out, device=run.device, dtype=run.dtype, log_with=run.log_with)
     trainer.run(resume=run.resume, overwrite=run.overwrite)
     if trainer.dist.is_main:
         import typer

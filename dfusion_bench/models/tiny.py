@@ -176,8 +176,11 @@ def build_tiny_pipeline(
     return pipe
 
 
-def save_tiny_pipeline(out: Path, arch: str = "tiny", seed: int = 0, sample_size: int | None = None) -> Path:
+def save_tiny_pipeline(
+    out: Path, arch: str = "tiny", seed: int = 0, sample_size: int | None = None, with_clip: bool = False
+) -> Path:
     """Build a tiny pipeline and save it as a standard diffusers folder at ``out`` (safetensors); return ``out``.
+    ``with_clip``: also write a tiny open_clip config and weights to ``out/clip/`` (:mod:`.tiny_clip`).
 
     ``out`` must not exist or be an empty folder. The folder is written beside ``out`` and renamed into place, so an
     interrupted save leaves no half-written pipeline. Load it with ``StableDiffusionPipeline.from_pretrained(out)``
@@ -195,6 +198,10 @@ def save_tiny_pipeline(out: Path, arch: str = "tiny", seed: int = 0, sample_size
             pipe.save_pretrained(tmp, safe_serialization=True)
         info = {"arch": arch, "seed": seed, "sample_size": pipe.unet.config.sample_size, "weights": "random"}
         (tmp / TINY_MARKER).write_text(json.dumps(info, indent=2) + "\n")
+        if with_clip:
+            from dfusion_bench.models.tiny_clip import save_tiny_clip
+
+            save_tiny_clip(tmp / "clip", seed=seed)
         if out.exists():
             out.rmdir()
         tmp.rename(out)

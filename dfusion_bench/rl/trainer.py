@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,15 +21,15 @@ import numpy as np
 import torch
 from rich.progress import Progress
 
-from dfusion_bench import atomic
+from dfusion_bench import atomic, imaging
 from dfusion_bench.devices import pick_dtype, use_cpu
-from dfusion_bench.distributed import Distributor
+from dfusion_bench.distributed import Distributor, launch_warning, requested_processes
 from dfusion_bench.errors import UserError
 from dfusion_bench.evaluation import evaluate, write_grid, write_samples
 from dfusion_bench.models.choice import ModelChoice
 from dfusion_bench.pairs import build_pairs
 from dfusion_bench.progress import advance_callback, progress_bar
-from dfusion_bench.rl import checkpoint
+from dfusion_bench.rl import checkpoint, tracking
 from dfusion_bench.rl.advantages import PerPromptStats
 from dfusion_bench.rl.config import OptimSettings, TrainConfig
 from dfusion_bench.rl.lora import add_lora, lora_state
@@ -94,12 +95,22 @@ def epoch_prompts(n_prompts: int, per_epoch: int | None, seed: int, epoch: int) 
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, out: Path, device: str | None = None, dtype: str | None = None):
+    def __init__(
+        self,
+        config: TrainConfig,
+        out: Path,
+        device: str | None = None,
+        dtype: str | None = None,
+        log_with: tuple[str, ...] = (),
+    ):
         from accelerate import Accelerator
 
         self.cfg, self.out = config, Path(out)
-        self.accelerator = Accelerator(cpu=use_cpu(device))
+        self.accelerator = Accelerator(cpu=use_cpu(device), log_with=list(log_with) or None, project_dir=str(self.out))
         self.dist = Distributor(self.accelerator if self.accelerator.num_processes > 1 else None)
+        warning = launch_warning(self.dist.world, requested_processes())
+        if warning and self.dist.is_main:
+            print(warning, file=sys.stderr)
         suite = load_suite(config.template)
         self.train_entries = list(suite.train)[: config.prompts]
         self.test_entries = list(suite.test)[: config.prompts]
@@ -148,6 +159,12 @@ class Trainer:
     def _log(self, name: str, row: dict[str, Any]) -> None:
         if self.dist.is_main:
             atomic.append_line(self.out / name, json.dumps(row))
+        if self.accelerator.trackers:  # the same row to the user's trackers (--log-with)
+            prefix = f"eval/{row['split']}" if name == METRICS else "train"
+            skip = {"epoch", "split", "samples_seen", "wall_time_s", "n"}
+            self.accelerator.log(
+                tracking.scalars({k: v for k, v in row.items() if k not in skip}, prefix), step=row["epoch"]
+            )
 
     def _checkpoint(self, epoch: int) -> None:
         if self.dist.is_main:
@@ -178,6 +195,10 @@ class Trainer:
             if self.dist.is_main:
                 write_samples(folder / f"{split}.csv", result)
                 write_grid(folder / f"{split}.png", result)
+                if self.accelerator.trackers:
+                    tracking.log_image(
+                        self.accelerator, f"eval/{split}/grid", imaging.read_png(folder / f"{split}.png"), epoch
+                    )
             self._log(
                 METRICS,
                 {
@@ -341,12 +362,17 @@ class Trainer:
                 shutil.rmtree(out)  # only the main process, and only once every process has started
             out.mkdir(parents=True, exist_ok=True)
             atomic.write_json(out / "config.json", self.cfg.to_dict())
-            write_run_info(out, "train", self.cfg.to_dict(), {"seed": self.cfg.seed}, self.choice.path)
+            write_run_info(
+                out, "train", self.cfg.to_dict(), {"seed": self.cfg.seed}, self.choice.path, processes=self.dist.world
+            )
         self.dist.barrier()
+        if self.accelerator.trackers or self.accelerator.log_with:
+            self.accelerator.init_trackers(out.name, config=tracking.hyperparameters(self.cfg.to_dict()))
         with progress_bar(disable=not self.dist.is_main) as progress:
             if start == 1 and not resume:
                 self._evaluate(0, progress)
                 self._checkpoint(0)
             for epoch in range(start, self.cfg.epochs + 1):
                 self._epoch(epoch, progress)
+        self.accelerator.end_training()
         return out

@@ -86,14 +86,14 @@ def make_scorer(
     clip_model: str | None = None,
     clip_checkpoint: Path | None = None,
 ) -> Scorer:
-    """Build and check a scorer before any sampling: unknown names, missing checkpoints and prompts the verifier
-    cannot read fail here, in one line."""
+    """Build and check a scorer before any sampling: unknown names, missing or unfitting checkpoints (the CLIP model
+    is loaded here) and prompts the verifier cannot read fail here, in one line."""
     name = name or model.default_scorer()
     if name not in available_scorers():
         raise UserError(f"unknown scorer {name!r}; known scorers: {', '.join(available_scorers())}")
     if name == "clip":
         model_name = clip_model or DEFAULT_CLIP_MODEL
-        return get_scorer("clip", model_name=model_name, checkpoint=clip_checkpoint, device=device)
+        return get_scorer("clip", model_name=model_name, checkpoint=clip_checkpoint, device=device).load()
     if name == "verifier":
         from dfusion_bench.world.grammar import parse
 

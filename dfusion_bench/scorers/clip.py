@@ -12,6 +12,7 @@ the model's configured size and mean/std) is applied to tensors instead of PIL i
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -60,20 +61,28 @@ def resolve_checkpoint(checkpoint: str | os.PathLike[str] | None) -> Path:
 
 
 def check_model_name(model_name: str) -> str:
-    """The open_clip config name (``/`` read as ``-``, as open_clip does) if it is known locally.
+    """The open_clip config name to build: a name open_clip knows (``/`` read as ``-``, as open_clip does; built in
+    or added with ``open_clip.add_model_config``), or the path of a local open_clip model config (``.json``), which
+    is registered under its file name.
 
-    Known means built in or added with ``open_clip.add_model_config``; hub and directory references are refused
-    because they download or bypass the checkpoint option.
+    Hub and directory references are refused because they download or bypass the checkpoint option, and so are
+    configs whose towers or tokenizer come from the Hugging Face hub or timm.
     """
     if model_name.startswith(_REMOTE_PREFIXES):
         raise UserError(
-            f"CLIP model {model_name!r}: use an open_clip config name such as {DEFAULT_MODEL!r} "
-            f"and a local weights file ({_HOW_TO_FIX}), not a hub or directory reference"
+            f"CLIP model {model_name!r}: use an open_clip config name such as {DEFAULT_MODEL!r} or a local config "
+            f".json, and a local weights file ({_HOW_TO_FIX}), not a hub or directory reference"
         )
-    name = model_name.replace("/", "-")
+    if model_name.endswith(".json") or Path(model_name).expanduser().is_file():
+        name = _register_config_file(Path(model_name).expanduser())
+    else:
+        name = model_name.replace("/", "-")
     config = open_clip.get_model_config(name)
     if config is None:
-        raise UserError(f"unknown open_clip model {model_name!r}; open_clip.list_models() names the known ones")
+        raise UserError(
+            f"unknown open_clip model {model_name!r}; open_clip.list_models() names the known ones, or give the path "
+            "of an open_clip model config .json"
+        )
     towers = [config.get("text_cfg", {}), config.get("vision_cfg", {})]
     if any(t.get("hf_model_name") or t.get("hf_tokenizer_name") or t.get("timm_model_name") for t in towers):
         raise UserError(
@@ -81,6 +90,20 @@ def check_model_name(model_name: str) -> str:
             f"download; use a plain open_clip config such as {DEFAULT_MODEL!r}"
         )
     return name
+
+
+def _register_config_file(path: Path) -> str:
+    """Register a local open_clip model config with open_clip; its name is the file's stem."""
+    if not path.is_file():
+        raise UserError(f"CLIP model config {path} is not a file; give an open_clip config name or a config .json")
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"CLIP model config {path} is not readable JSON ({_one_line(exc)})") from None
+    if not isinstance(config, dict) or not {"embed_dim", "vision_cfg", "text_cfg"} <= set(config):
+        raise UserError(f"CLIP model config {path} is not an open_clip model config (embed_dim, vision_cfg, text_cfg)")
+    open_clip.add_model_config(path)
+    return path.stem
 
 
 def tensor_preprocess(preprocess_cfg: dict[str, Any]) -> Preprocess:
@@ -142,6 +165,12 @@ class ClipScorer:
         ]
         scores = np.concatenate(chunks) if chunks else np.zeros(0)
         return Scores(scores=scores.astype(np.float64), aligned=None, details=[{} for _ in range(n)])
+
+    def load(self, device: torch.device | None = None) -> ClipScorer:
+        """Build the model now (on ``device``, else the scorer's): a checkpoint that does not fit the model fails here,
+        before any sampling, rather than at the first scoring."""
+        self._load(torch.device(device) if device is not None else self.device or torch.device("cpu"))
+        return self
 
     def _load(self, images_device: torch.device) -> _LoadedClip:
         """The model, preprocessing and tokenizer, built on first use (on ``device``, else the images' device)."""
