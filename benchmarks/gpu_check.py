@@ -1,6 +1,6 @@
 """The CUDA path, proved in one script: fuse + one DPO epoch on a random-weight pipeline with SD 2.1-base's UNet at
 512 px in fp16, plain-vs-fused sampling time and peak GPU memory. (The regression session on the embedded world runs
-separately: ``python -m dfusion_bench.studies.regression --device cuda``.)
+separately: ``dfusion regression --device cuda``.)
 
     python benchmarks/gpu_check.py --out DIR            # on a GPU machine
     python benchmarks/gpu_check.py --arch tiny --sample-size 16 --device cpu --dtype fp32 --out DIR   # dry run

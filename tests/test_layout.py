@@ -112,3 +112,11 @@ def test_the_rules_catch_a_loop_and_a_floor_violation() -> None:
     loop = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert _cycles(loop) == [["a", "b", "c"]]
     assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_the_readme_is_a_users_guide() -> None:
+    """Research findings live in docs/findings.md and results/ READMEs; the README stays a guide a user reads."""
+    readme = PACKAGE.parent / "README.md"
+    assert readme.stat().st_size <= 25 * 1024
+    for target in ("docs/options.md", "docs/design.md", "docs/findings.md"):
+        assert target in readme.read_text() and (PACKAGE.parent / target).is_file()

@@ -446,6 +446,7 @@ def test_sd21_reduced_latent_keeps_the_weights() -> None:
     assert _attention_tokens(small.unet, 16)["down_blocks.2.attentions.0.transformer_blocks.0.attn2"] == 16  # 4×4
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(
     os.environ.get("DFUSION_HEAVY_TESTS") != "1", reason="builds 865 M parameters; DFUSION_HEAVY_TESTS=1"
 )

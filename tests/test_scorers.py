@@ -278,6 +278,7 @@ def test_clip_tensor_preprocess_resizes_crops_and_refuses_pil_only_modes() -> No
         tensor_preprocess({**cfg, "resize_mode": "longest"})
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_clip_runs_on_the_images_device_unless_told_otherwise(tiny_clip: tuple[str, Path]) -> None:
     name, checkpoint = tiny_clip

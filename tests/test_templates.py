@@ -16,7 +16,7 @@ from dfusion_bench.suites import PromptEntry, Suite
 
 REPO = Path(__file__).resolve().parent.parent
 PAPER = REPO / "templates" / "source" / "paper"
-SHARED = Path("/work/shared/paper-templates")
+SHARED = REPO.parent / "shared" / "paper-templates"  # the steering side's copy beside the checkout
 SHIPPED = ["paper-t1", "paper-t2", "paper-t3", "shapes-binding", "shapes-objects", "shapes-spatial"]
 
 
