@@ -116,3 +116,19 @@ def test_domains_in_words_and_checks() -> None:
     from dfusion_bench.settings import SamplerConfig
 
     assert check(SamplerConfig()) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--fusion", "--mask-resolution", "7"], "no cross-attention layer runs at 7x7"),
+        (["--lora-targets", "nope"], "--lora-targets: no module named 'nope'"),
+        (["--fusion", "--fuse-layers", "no_such_block"], "no self-attention layer matches no_such_block"),
+    ],
+)
+def test_options_that_depend_on_the_model_are_checked_before_anything_is_written(capsys, tmp_path, args, needle):
+    out = tmp_path / "run"
+    code = _cli("train", "--method", "dpo", "--prompts", "1", "--samples-per-prompt", "4", *args, "--out", str(out))
+    err = capsys.readouterr().err
+    assert code == 2 and needle in err and err.count("\n") == 1, err
+    assert not out.exists()

@@ -22,6 +22,13 @@ from dfusion_bench.rl.config import LoraSettings
 
 def add_lora(unet: UNet2DConditionModel, settings: LoraSettings, seed: int) -> list[torch.nn.Parameter]:
     """Freeze the UNet and add trainable LoRA adapters (B = 0 at start, so the policy starts as the base model)."""
+    names = [name for name, _ in unet.named_modules()]
+    missing = [t for t in settings.targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        raise UserError(
+            f"--lora-targets: no module named {missing[0]!r} in this UNet; its attention projections are "
+            "to_q, to_k, to_v and to_out.0"
+        )
     unet.requires_grad_(False)
     torch.manual_seed(seed)
     config = LoraConfig(

@@ -129,6 +129,10 @@ class Trainer:
         self.method: Method = METHODS[config.method]()
         self.pipe = self.choice.load(self.device, self.dtype)
         self.unet = self.pipe.unet
+        if config.fusion:  # the fused layers and the mask grid must exist in this UNet: checked before any write
+            from dfusion_bench.fusion import FusionPlan
+
+            FusionPlan.resolve(self.unet, config.fusion_settings, config.sampler.num_steps)
         params = add_lora(self.unet, config.lora, config.seed)
         optimizer = torch.optim.AdamW(
             params, lr=config.lr, betas=config.optim.betas, weight_decay=config.optim.weight_decay
