@@ -23,8 +23,9 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Fusion cost and per-epoch training time split, as ratios on this machine (see benchmarks/bench.py)."""
+    """Fusion cost, per-epoch time split and training throughput, as ratios on this machine (benchmarks/)."""
     session.run("python", "benchmarks/bench.py", *session.posargs)
+    session.run("python", "benchmarks/throughput.py")
 
 
 @nox.session
