@@ -204,7 +204,9 @@ def test_cli_tiny(tmp_path: Path) -> None:
     out = tmp_path / "cli"
     result = CliRunner().invoke(root, ["model", "tiny", "--out", str(out), "--seed", "1", "--sample-size", "8"])
     assert result.exit_code == 0, result.output
-    assert result.output.strip() == str(out)
+    first, *rest = result.output.strip().splitlines()
+    assert first == str(out)  # the model folder first, then how to use the tiny CLIP beside it
+    assert "--clip-model" in " ".join(rest) and (out / "clip" / "dfusion-tiny-clip.json").is_file()
     pipe = load_pipeline(out)
     assert pipe.unet.config.sample_size == 8
     assert not _same(_weights(pipe.unet), _weights(build_tiny_pipeline(seed=0, sample_size=8).unet))
