@@ -2,35 +2,26 @@
 grid's 8 train prompts with the same fixed evaluation seeds, verify, and for each image whose second object fails,
 say how: which attributes the nearest unmatched detection gets wrong, or that no unmatched shape is drawn.
 
-Usage (what made object_probe_SUITE.txt here):
-    OMP_NUM_THREADS=1 python results/grid-x3/object_probe.py SUITE 1 24 dpo-plain dpo-fusion pg-fusion
+Usage (what made results/grid-x3/object_probe_SUITE.txt):
+    OMP_NUM_THREADS=1 python -m experiments.grid_x3.object_probe SUITE 1 24 dpo-plain dpo-fusion pg-fusion
 """
 
-import sys
+from __future__ import annotations
+
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
-from dfusion_bench.rl.checkpoint import load_policy
 from dfusion_bench.sampling import sample
 from dfusion_bench.scorers.verifier import to_hwc_numpy
-from dfusion_bench.seeding import eval_seeds
-from dfusion_bench.models.choice import ModelChoice
-from dfusion_bench.suites import load_suite
-from dfusion_bench.settings import SamplerConfig
 from dfusion_bench.world.grammar import parse
 from dfusion_bench.world.verify import verify
-
-suite, seed, per_prompt, labels = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
-entries = list(load_suite(suite).split("train"))[:8]
-seeds = eval_seeds(len(entries), per_prompt)
-prompts = [e.prompt for e, s in zip(entries, seeds, strict=True) for _ in s]
-flat = [x for s in seeds for x in s]
-torch.manual_seed(0)
+from experiments.grid_x3.measures import CONFIG, PROMPTS, RUNS, load, probe_arguments, prompts_and_seeds
 
 
-def how(spec, verdict, i):
+def how(spec, verdict, i: int) -> str:
     """How object i fails: the attributes the nearest unclaimed detection gets wrong, or 'not drawn'."""
     other = [m for j, m in enumerate(verdict.masks) if j != i and m is not None]
     free = [d for d in verdict.detections if not any((d.mask == m).all() for m in other)]
@@ -49,16 +40,10 @@ def how(spec, verdict, i):
     return "not drawn" if best is None else "wrong " + "+".join(best)
 
 
-for label in ["base", *labels]:
-    if label == "base":
-        pipe = ModelChoice.check(None).load(torch.device("cpu"), torch.float32)
-    else:
-        pipe, _, _ = load_policy(
-            Path(f"results/grid-x3/{label}-{suite}-s{seed}"), 8, torch.device("cpu"), torch.float32
-        )
-    traj = sample(pipe, prompts, flat, SamplerConfig(num_steps=20, eta=1.0, guidance_scale=5.0))
+def model_lines(title: str, prompts: list[str], images) -> list[str]:
+    """One model's lines: its facts' rates, how many shapes it draws, and how each named object fails."""
     facts, fails, counts = Counter(), {0: Counter(), 1: Counter()}, Counter()
-    for prompt, image in zip(prompts, to_hwc_numpy(traj.images), strict=True):
+    for prompt, image in zip(prompts, images, strict=True):
         spec = parse(prompt)
         v = verify(spec, image)
         facts.update(k for k, held in v.facts.items() if held)
@@ -67,7 +52,39 @@ for label in ["base", *labels]:
             if not v.facts[f"object{i}"]:
                 fails[i][how(spec, v, i)] += 1
     n = len(prompts)
-    print(f"{suite} s{seed} {label}: n={n} " + " ".join(f"{k} {facts[k] / n:.3f}" for k in sorted(facts)))
-    print(f"   shapes drawn: {dict(sorted(counts.items()))}")
+    lines = [f"{title}: n={n} " + " ".join(f"{k} {facts[k] / n:.3f}" for k in sorted(facts))]
+    lines.append(f"   shapes drawn: {dict(sorted(counts.items()))}")
     for i in (0, 1):
-        print(f"   object{i} fails {sum(fails[i].values())}: {dict(fails[i].most_common())}")
+        lines.append(f"   object{i} fails {sum(fails[i].values())}: {dict(fails[i].most_common())}")
+    return lines
+
+
+def probe(
+    suite: str,
+    seed: int,
+    per_prompt: int,
+    labels: list[str],
+    runs: Path = RUNS,
+    model: Path | None = None,
+    n_prompts: int = PROMPTS,
+) -> Iterator[str]:
+    """The output's lines, model by model: the base, then each label's final policy of grid seed ``seed``."""
+    entries, seeds = prompts_and_seeds(suite, n_prompts, per_prompt)
+    prompts = [e.prompt for e, s in zip(entries, seeds, strict=True) for _ in s]
+    flat = [x for s in seeds for x in s]
+    torch.manual_seed(0)
+    for label in ["base", *labels]:
+        pipe = load(label, suite, seed, runs, model)
+        traj = sample(pipe, prompts, flat, CONFIG)
+        yield from model_lines(f"{suite} s{seed} {label}", prompts, to_hwc_numpy(traj.images))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = probe_arguments("python -m experiments.grid_x3.object_probe", __doc__.split("\n")[0])
+    args = parser.parse_args(argv)
+    for line in probe(args.suite, args.seed, args.per_prompt, args.labels, args.runs, args.model, args.prompts):
+        print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
