@@ -1,5 +1,6 @@
 """Smoke tests of experiments/: each experiment's main logic on tiny inputs (a prompt or two, a few seeds, tiny or
-embedded pipelines, temporary folders), in seconds; the GPU drivers with stand-in processes, no GPU."""
+embedded pipelines, temporary folders); the GPU drivers with stand-in processes, no GPU. The probes that sample the
+embedded model take 10-70 s each on a busy 2-core machine (about 50 s of CPU together) and are marked slow."""
 
 from __future__ import annotations
 
@@ -117,6 +118,7 @@ def test_drive_collects_rows_as_they_come_and_stops_at_the_deadline(tmp_path) ->
 
 
 # ---- fuse-drift -------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_fuse_drift_measures_targets_and_bases(tmp_path, tiny_dir) -> None:
     from dfusion_bench import fuse_output
     from dfusion_bench.cli import main as dfusion
@@ -174,6 +176,7 @@ def _blocks(lines: list[str], start: str) -> list[list[str]]:
     return blocks
 
 
+@pytest.mark.slow
 def test_object_probe_counts_facts_and_failures(zero_lora_runs) -> None:
     from experiments.grid_x3.object_probe import probe
 
@@ -185,6 +188,7 @@ def test_object_probe_counts_facts_and_failures(zero_lora_runs) -> None:
     assert base[1:] == policy[1:] and base[0].split(":")[1] == policy[0].split(":")[1]  # a zero LoRA is the base
 
 
+@pytest.mark.slow
 def test_attention_probe_measures_the_two_shapes(zero_lora_runs, capsys) -> None:
     from experiments.grid_x3.attention_probe import BANDS, main
 
@@ -201,6 +205,7 @@ def test_attention_probe_measures_the_two_shapes(zero_lora_runs, capsys) -> None
     assert base[1:] == policy[1:]
 
 
+@pytest.mark.slow
 def test_fused_attention_probe_compares_the_fused_pass_with_the_models_own(capsys) -> None:
     from experiments.grid_x3.fused_attention_probe import FUSED_BANDS, main
 
@@ -220,6 +225,7 @@ def test_fused_attention_probe_compares_the_fused_pass_with_the_models_own(capsy
     assert all(len(FIGURE.findall(line)) == 3 for line in lines[diff + 1 :])
 
 
+@pytest.mark.slow
 def test_update_direction_probe_steps_every_arm_from_the_same_weights(tmp_path, capsys) -> None:
     from experiments.grid_x3.update_direction_probe import ARMS, main
 
