@@ -8,6 +8,9 @@ import nox
 nox.options.default_venv_backend = "none"
 nox.options.sessions = ["lint", "tests"]
 
+#: What ruff checks: every Python file of the repository (results/ holds none).
+LINTED = ("dfusion_bench", "tests", "benchmarks", "experiments", "noxfile.py")
+
 
 @nox.session
 def tests(session: nox.Session) -> None:
@@ -17,8 +20,9 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    session.run("ruff", "check", "dfusion_bench", "tests", "benchmarks", "noxfile.py")
-    session.run("ruff", "format", "--check", "dfusion_bench", "tests", "benchmarks", "noxfile.py")
+    """ruff check and ruff format --check on every Python file of the repository (LINTED)."""
+    session.run("ruff", "check", *LINTED)
+    session.run("ruff", "format", "--check", *LINTED)
 
 
 @nox.session

@@ -120,3 +120,25 @@ def test_the_readme_is_a_users_guide() -> None:
     assert readme.stat().st_size <= 25 * 1024
     for target in ("docs/options.md", "docs/design.md", "docs/findings.md"):
         assert target in readme.read_text() and (PACKAGE.parent / target).is_file()
+
+
+def _imports(path: Path) -> set[str]:
+    """Every absolute module name ``path`` imports (at the top or inside functions)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+    return found
+
+
+def test_the_library_never_imports_the_experiments() -> None:
+    """experiments/ (the lab: probes and drivers behind results/) imports the package, never the other way round."""
+    problems = [
+        f"{_module_name(path)} imports {name}"
+        for path in PACKAGE.rglob("*.py")
+        for name in _imports(path)
+        if name == "experiments" or name.startswith("experiments.")
+    ]
+    assert problems == []

@@ -4,7 +4,7 @@
 # the end, on the train split, with 48 fixed seeds per prompt (384 images; the grid's own runs use the first 8 of them).
 # usage: results/budget-probe/run.sh METHOD fusion|no-fusion SUITE EPOCHS [TAG [MORE TRAIN OPTIONS...]]
 # e.g.   results/budget-probe/run.sh ddpo no-fusion shapes-spatial 24
-# then:  python -m dfusion_bench.grid's export_run copies the run here (see README.md in this folder).
+# then:  dfusion_bench.studies.grid.export_run copies the run here (see README.md in this folder).
 set -euo pipefail
 m=$1; f=$2; suite=$3; ep=$4; tag=${5:-}; shift $(( $# < 5 ? $# : 5 ))
 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 python -m dfusion_bench train --method "$m" "--$f" --template "$suite" --seed 0 \

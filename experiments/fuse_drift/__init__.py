@@ -1,0 +1,1 @@
+"""results/fuse-drift: whether fused targets' policy gradients point one way."""
