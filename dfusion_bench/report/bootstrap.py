@@ -102,18 +102,21 @@ def _copies(
     crossed: bool,
 ) -> np.ndarray:
     """(n, cells): how many times each replicate draws each (seed, prompt) cell (steps 1 and 2)."""
-    if resample_blocks:
-        w = rng.multinomial(n_blocks, np.full(n_blocks, 1 / n_blocks), size=n)
-    else:
-        w = np.ones((n, n_blocks), dtype=np.int64)
+    w = _counts(rng, n, n_blocks) if resample_blocks else np.ones((n, n_blocks), dtype=np.int64)
     if crossed:
-        m = rng.multinomial(n_prompts, np.full(n_prompts, 1 / n_prompts), size=n)
+        m = _counts(rng, n, n_prompts)
         return w[:, cell_block] * m[:, cell_prompt]
     copies = np.zeros((n, cell_block.size), dtype=np.int64)
     for s in range(n_blocks):  # nested: the w_s copies of seed s draw w_s * P_s prompts among its own P_s
         mine = np.flatnonzero(cell_block == s)
         copies[:, mine] = rng.multinomial(w[:, s] * mine.size, np.full(mine.size, 1 / mine.size))
     return copies
+
+
+def _counts(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
+    """(n, k): how often each of ``k`` units is drawn in ``n`` resamples of ``k`` draws with replacement."""
+    drawn = rng.integers(0, k, size=(n, k)) + k * np.arange(n)[:, None]
+    return np.bincount(drawn.ravel(), minlength=n * k).reshape(n, k)
 
 
 def _means(rng: np.random.Generator, x: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, copies: np.ndarray):
