@@ -331,6 +331,11 @@ def test_curve_bands_are_bootstrap_intervals(built: dict[str, Path], tmp_path: P
     hit = _row(broken, model="dpo + D-Fusion", split="test", metric="mean_score", epoch=2)
     assert math.isnan(hit["low"]) and math.isnan(hit["high"]) and hit["n"] == 2 and hit["resampled"] == ""
     assert not math.isnan(_row(broken, model="dpo + D-Fusion", split="test", metric="mean_score", epoch=3)["low"])
+    line = broken[
+        (broken["model"] == "dpo + D-Fusion") & (broken["split"] == "test") & (broken["metric"] == "mean_score")
+    ]
+    drawn = curves_mod.plot_curve(line, "t", "mean_score").axes[0].collections
+    assert len(drawn) == 2 and len(drawn[1].get_segments()) == 1  # the band, and a bar at epoch 3 (no neighbour)
 
 
 def test_curves_lead_with_the_aligned_rate_and_show_each_fact(built: dict[str, Path]) -> None:

@@ -141,8 +141,12 @@ def plot_curve(points: pd.DataFrame, title: str, metric: str, x: str = "epoch", 
         color = colors.get(method, _PALETTE[0])
         style = "-" if fusion else "--"
         ax.plot(xs, mean, style, color=color, marker="o", markersize=3, linewidth=1.6, label=_label(line))
-        if np.isfinite(low).any():
+        banded = np.isfinite(low) & np.isfinite(high)
+        if banded.any():
             ax.fill_between(xs, low, high, color=color, alpha=0.18, linewidth=0)
+            alone = banded & ~np.r_[False, banded[:-1]] & ~np.r_[banded[1:], False]  # no banded neighbour
+            if alone.any():  # a band of one point has no width: draw it as a bar
+                ax.vlines(xs[alone], low[alone], high[alone], color=color, alpha=0.45, linewidth=3)
     ax.set_title(title, fontsize=11)
     ax.set_xlabel(X_AXES[x])
     ax.set_ylabel(metric_label(metric))
