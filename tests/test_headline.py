@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -10,6 +11,7 @@ import report_fixtures as fx
 
 from dfusion_bench.report import bootstrap as bs
 from dfusion_bench.report.collect import collect
+from dfusion_bench.report.frames import metric_columns, metrics_frame
 from dfusion_bench.report.fusion_vs_plain import fusion_minus_plain
 from dfusion_bench.report.summary import SUMMARY_COLUMNS, facts_summary_table, rise_by_run, rise_summary
 
@@ -82,3 +84,18 @@ def test_fusion_minus_plain_resamples_three_seeds(tmp_path: Path) -> None:
     assert (row["n_seeds"], row["n_images"], row["resampled"]) == (3, 36, "seeds, prompts, images")
     se = 0.05 * (2 / 3) ** 0.5 / 3**0.5  # sd of the mean of 3 draws from {.05, .10, .15}
     assert row["mde"] == pytest.approx(bs.mde(se), rel=0.1)
+
+
+def test_fact_rates_come_from_metrics_lines_where_recorded(tmp_path: Path) -> None:
+    """Newer runs log {fact: rate} per metrics line; older ones only have the per-image CSVs (the fixtures' "ok")."""
+    run = fx.write_run(tmp_path / "run", fx.RunSpec("t", "dpo", False, 0, fx.linear(0.4, 0.7)))
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for line in lines[2:]:  # epoch 0 keeps the CSV's rates
+        line["facts"] = {"relation": 0.25, "ok": 0.75}
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    frame = metrics_frame(collect([run]).runs)
+    assert metric_columns(frame) == ["aligned_rate", "relation_rate", "ok_rate", "mean_score"]
+    later = frame[frame["epoch"] > 0]
+    assert set(later["relation_rate"]) == {0.25} and set(later["ok_rate"]) == {0.75}
+    zero = frame[(frame["epoch"] == 0) & (frame["split"] == "test")].iloc[0]
+    assert zero["ok_rate"] == 0.0 and pd.isna(zero["relation_rate"])  # from the CSV: every first image below 0.5
