@@ -14,6 +14,7 @@ from dfusion_bench.report.collect import collect
 from dfusion_bench.report.frames import metric_columns, metrics_frame
 from dfusion_bench.report.fusion_vs_plain import fusion_minus_plain
 from dfusion_bench.report.summary import SUMMARY_COLUMNS, facts_summary_table, rise_by_run, rise_summary
+from dfusion_bench.report.tables import build_tables
 
 SUMMARY = ["method", "fusion", "suite", "seed", "split", "aligned_before", "aligned_after", "rise", "ci_low", "ci_high"]
 FACTS = [*SUMMARY[:5], "fact", "before", "after", "rise", "ci_low", "ci_high"]
@@ -99,3 +100,17 @@ def test_fact_rates_come_from_metrics_lines_where_recorded(tmp_path: Path) -> No
     assert set(later["relation_rate"]) == {0.25} and set(later["ok_rate"]) == {0.75}
     zero = frame[(frame["epoch"] == 0) & (frame["split"] == "test")].iloc[0]
     assert zero["ok_rate"] == 0.0 and pd.isna(zero["relation_rate"])  # from the CSV: every first image below 0.5
+
+
+def test_a_scorer_without_facts_or_alignment(tmp_path: Path) -> None:
+    """A score-only scorer (compressibility, CLIP): no aligned rate, no facts; the tables keep the mean score."""
+    run = fx.write_run(tmp_path / "run", fx.RunSpec("t", "dpo", False, 0, fx.linear(0.4, 0.7), scorer="clip"))
+    for csv in run.glob("eval/*/*.csv"):
+        pd.read_csv(csv).assign(aligned="", facts="").to_csv(csv, index=False)
+    lines = [json.loads(line) | {"aligned_rate": None} for line in (run / "metrics.jsonl").read_text().splitlines()]
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    runs = collect([run]).runs
+    tables = build_tables(runs, [], [])
+    assert "summary" not in tables and "summary_facts" not in tables  # no aligned rate, no fact: nothing to say
+    assert set(tables["rise"].data["metric"]) == {"mean_score"}
+    assert rise_summary(runs).empty and list(rise_summary(runs).columns) == SUMMARY

@@ -89,7 +89,7 @@ def summary_table(long: pd.DataFrame) -> pd.DataFrame:
 
 def facts_summary_table(long: pd.DataFrame) -> pd.DataFrame:
     """The fact-rate rows of :func:`rise_by_run`, one per run x split x fact (:data:`FACT_COLUMNS`)."""
-    frame = long[long["metric"].map(is_fact_metric)].copy()
+    frame = long.loc[np.array([is_fact_metric(str(m)) for m in long["metric"]], dtype=bool)].copy()
     order = {m: i for i, m in enumerate(order_metrics(frame["metric"]))}
     frame["_rank"] = frame["metric"].map(order)
     frame["fact"] = frame["metric"].map(fact_name)
