@@ -22,8 +22,10 @@ from dfusion_bench.report import build_report, load_report_tables, stats
 from dfusion_bench.report import curves as curves_mod
 from dfusion_bench.report.bookkeeping import fuse_facts_table
 from dfusion_bench.report.collect import ReportWarning, collect
+from dfusion_bench.report.frames import runs_frame
 from dfusion_bench.report.paired import paired_tables
 from dfusion_bench.report.rise import rise_table
+from dfusion_bench.report.summary import rise_summary
 from dfusion_bench.report.table_io import to_latex, to_markdown
 from dfusion_bench.report.tables import final_table, gain_table
 
@@ -32,9 +34,10 @@ T_975_DF1 = math.tan(math.pi * 0.475)  # Student t with 1 d.o.f. is Cauchy: its 
 
 
 TABLES = (  # every table the fixtures' report holds
-    *("overview", "final", "rise", "fusion_gain", "paired", "facts"),
-    *("training", "runs", "evals", "fuse", "fuse_facts", "curves"),
+    *("overview", "fusion_minus_plain", "final", "summary", "summary_facts", "rise", "fusion_gain", "paired"),
+    *("facts", "training", "runs", "evals", "fuse", "fuse_facts", "curves"),
 )
+SPREAD = 0.05 + fx.SAMPLE_SPREAD  # every image of a multi-seed run lies within this of the run's mean
 
 
 def _row(frame: pd.DataFrame, **match: object) -> pd.Series:
@@ -74,17 +77,29 @@ def test_mean_ci_is_the_student_t_interval() -> None:
     assert single.mean == pytest.approx(0.3) and math.isnan(single.half_width) and single.n == 1
 
 
-def test_final_table_mean_ci_and_seed_count(tables: dict[str, pd.DataFrame]) -> None:
+def test_final_table_mean_and_bootstrap_interval(tables: dict[str, pd.DataFrame]) -> None:
     final = tables["final"]
     row = _row(final, template=fx.TEMPLATE, split="test", model="dpo + D-Fusion")
     assert row["mean_score"] == pytest.approx(0.75, abs=1e-9)
-    assert row["mean_score_ci95"] == pytest.approx(T_975_DF1 * 0.05, abs=1e-9)
-    assert (row["n_seeds"], row["seeds"], row["epoch"]) == (2, "0,1", fx.EPOCHS)
+    # no t-interval from two seeds (that was 0.75 +- 0.635): the bootstrap over prompts and images of both seeds
+    # moves within the spread of the images (0.75 +- 0.055), and with two seeds the seed level is not resampled
+    assert 0.75 - SPREAD <= row["mean_score_low"] < 0.75 < row["mean_score_high"] <= 0.75 + SPREAD
+    assert (row["n_seeds"], row["seeds"], row["epoch"], row["n_images"]) == (2, "0,1", fx.EPOCHS, 24)
+    assert row["resampled"] == "prompts, images" and "mean_score_ci95" not in final
+    assert (row["aligned_rate"], row["aligned_rate_low"], row["aligned_rate_high"]) == (1.0, 1.0, 1.0)
     plain = _row(final, template=fx.TEMPLATE, split="train", model="ddpo")
     assert plain["mean_score"] == pytest.approx((0.52 + 0.58) / 2 + fx.TRAIN_SHIFT, abs=1e-9)
     single = _row(final, template=fx.SINGLE_TEMPLATE, split="test", model="pg")
-    assert single["n_seeds"] == 1 and math.isnan(single["mean_score_ci95"])
-    assert single["mean_score"] == pytest.approx(sum(fx.SINGLE_WITHOUT) / len(fx.SINGLE_WITHOUT), abs=1e-9)
+    mean = sum(fx.SINGLE_WITHOUT) / len(fx.SINGLE_WITHOUT)
+    assert single["n_seeds"] == 1 and single["mean_score"] == pytest.approx(mean, abs=1e-9)
+    # one seed still has a band: its prompts and images, resampled
+    assert min(fx.SINGLE_WITHOUT) <= single["mean_score_low"] < mean < single["mean_score_high"]
+    assert single["mean_score_high"] <= max(fx.SINGLE_WITHOUT) + fx.SAMPLE_SPREAD
+
+
+def test_final_table_metrics_lead_with_the_aligned_rate(tables: dict[str, pd.DataFrame]) -> None:
+    metrics = [c for c in tables["final"].columns if f"{c}_low" in tables["final"].columns]
+    assert metrics == ["aligned_rate", "ok_rate", "mean_score"]  # the fixture's one boolean fact is "ok"
 
 
 def test_final_table_has_the_base_model_row_first(tables: dict[str, pd.DataFrame]) -> None:
@@ -93,8 +108,17 @@ def test_final_table_has_the_base_model_row_first(tables: dict[str, pd.DataFrame
     base = group.iloc[0]
     assert base["model"] == "base (epoch 0)" and base["epoch"] == 0 and pd.isna(base["fusion"])
     assert base["mean_score"] == pytest.approx((0.40 + 0.44) / 2, abs=1e-9)
-    assert base["mean_score_ci95"] == pytest.approx(T_975_DF1 * 0.02, abs=1e-9)
+    assert 0.42 - 0.02 - SPREAD <= base["mean_score_low"] < 0.42 < base["mean_score_high"] <= 0.42 + 0.02 + SPREAD
     assert base["n_seeds"] == 2  # eight runs share two seeds: two base-model measurements, not eight
+    assert base["n_images"] == 24
+
+
+def test_identical_base_evaluations_enter_the_interval_once(tmp_path: Path) -> None:
+    """Runs of two seeds from the same base model render the same epoch-0 images: one measurement, not two."""
+    for seed, final in ((0, 0.7), (1, 0.8)):
+        fx.write_run(tmp_path / f"s{seed}", fx.RunSpec("t", "dpo", False, seed, fx.linear(0.4, final)))
+    base = _row(final_table(collect([tmp_path]).runs), split="test", model="base (epoch 0)")
+    assert (base["n_seeds"], base["n_images"], base["resampled"]) == (2, 12, "prompts, images")
 
 
 def test_fusion_gain_is_seed_paired_t_test(tables: dict[str, pd.DataFrame]) -> None:
@@ -104,7 +128,9 @@ def test_fusion_gain_is_seed_paired_t_test(tables: dict[str, pd.DataFrame]) -> N
     assert row["with_fusion"] == pytest.approx(0.75, abs=1e-9)
     assert row["without_fusion"] == pytest.approx(0.625, abs=1e-9)
     assert row["p_value"] == pytest.approx(1 - 2 * math.atan(5) / math.pi, rel=1e-6)
-    assert row["gain_ci95"] == pytest.approx(T_975_DF1 * 0.025, abs=1e-9)
+    # every image pair differs by 0.10 (seed 0) or 0.15 (seed 1); two seeds are not resampled, and each replicate
+    # draws as many images of each seed, so the interval is the point 0.125 (seed-to-seed spread is not shown)
+    assert (row["gain_low"], row["gain_high"]) == pytest.approx((0.125, 0.125), abs=1e-9)
     assert (row["test"], row["unit"], row["n"], row["seeds"]) == (stats.SEED_TEST, "seeds", 2, "0,1")
 
 
@@ -131,7 +157,8 @@ def test_rise_over_base_is_seed_paired_t_test(tables: dict[str, pd.DataFrame]) -
     # rises 0.70 - 0.40 = 0.30 and 0.80 - 0.44 = 0.36: mean 0.33, sem 0.03, t = 11 on 1 d.o.f. (Cauchy)
     assert (row["base"], row["final"], row["rise"]) == pytest.approx((0.42, 0.75, 0.33), abs=1e-9)
     assert row["p_value"] == pytest.approx(1 - 2 * math.atan(11) / math.pi, rel=1e-6)
-    assert row["rise_ci95"] == pytest.approx(T_975_DF1 * 0.03, abs=1e-9)
+    # each image rises by 0.30 (seed 0) or 0.36 (seed 1): as in the gain, a zero-width interval at the mean
+    assert (row["rise_low"], row["rise_high"]) == pytest.approx((0.33, 0.33), abs=1e-9)
     assert (row["test"], row["unit"], row["n"], row["seeds"]) == (stats.SEED_TEST, "seeds", 2, "0,1")
 
 
@@ -141,6 +168,7 @@ def test_rise_over_base_with_one_seed_is_wilcoxon_over_prompts(tables: dict[str,
     assert row["rise"] == pytest.approx(sum(rises) / len(rises), abs=1e-9)
     assert row["p_value"] == pytest.approx(2 / 2**6)  # six prompts, every rise positive
     assert (row["test"], row["unit"], row["n"]) == (stats.PROMPT_TEST, "prompts", 6)
+    assert min(rises) <= row["rise_low"] < row["rise"] < row["rise_high"] <= max(rises)
 
 
 def test_paired_table_is_wilcoxon_over_shared_images(tables: dict[str, pd.DataFrame]) -> None:
@@ -234,9 +262,21 @@ def test_report_writes_curves_tables_and_index(built: dict[str, Path]) -> None:
         for ext in ("csv", "parquet", "md", "tex"):
             assert (out / "tables" / f"{name}.{ext}").stat().st_size > 0, f"{name}.{ext}"
     md = (out / "tables" / "final.md").read_text()
-    assert "| 0,1 (2) | 0.750 ± 0.635 |" in md
+    header = next(line for line in md.splitlines() if line.startswith("| Template"))
+    assert header.index("Aligned rate [95% CI]") < header.index("Ok rate [95% CI]") < header.index("Mean score [95%")
+    assert "| 0,1 (2) | 1.000 [1.000, 1.000] |" in md  # dpo + D-Fusion: every final image aligned
     tex = (out / "tables" / "final.tex").read_text()
-    assert r"0.750 $\pm$ 0.635" in tex and r"\begin{tabular}" in tex
+    assert r"1.000 [1.000, 1.000]" in tex and r"\begin{tabular}" in tex
+
+
+def test_report_writes_the_per_run_summary(built: dict[str, Path], tables: dict[str, pd.DataFrame]) -> None:
+    """``dfusion report RUNS --out DIR`` writes DIR/tables/summary.csv: the per-run rise of rise_summary(RUNS)."""
+    columns = ["method", "fusion", "suite", "seed", "split", "aligned_before", "aligned_after", "rise", "ci_low"]
+    written = pd.read_csv(built["out"] / "tables" / "summary.csv")
+    assert list(written.columns) == [*columns, "ci_high"]
+    pd.testing.assert_frame_equal(written, rise_summary([built["runs"]]), check_dtype=False)
+    assert (built["out"] / "tables" / "summary.md").is_file() and "summary_facts" in tables
+    assert len(written) == 2 * len(collect([built["runs"]]).runs)
 
 
 def test_index_is_self_contained(built: dict[str, Path]) -> None:
@@ -267,16 +307,55 @@ def test_identical_images_are_stored_once(built: dict[str, Path]) -> None:
     assert all((out / src).is_file() for src in shown)
 
 
-def test_curve_band_only_with_several_seeds(built: dict[str, Path]) -> None:
+def test_curve_bands_are_bootstrap_intervals(built: dict[str, Path], tmp_path: Path) -> None:
     runs = collect([built["runs"]]).runs
     points = curves_mod.curve_points(runs)
     mean = points[(points["metric"] == "mean_score") & (points["split"] == "test")]
     multi = curves_mod.plot_curve(mean[mean["template"] == fx.TEMPLATE], "t", "mean_score")
     single = curves_mod.plot_curve(mean[mean["template"] == fx.SINGLE_TEMPLATE], "t", "mean_score")
     assert len(multi.axes[0].lines) == 4 and len(multi.axes[0].collections) == 4  # one band per line
-    assert len(single.axes[0].lines) == 2 and len(single.axes[0].collections) == 0
+    # one seed: still a band, from its prompts and images (the legend says how many seeds and points)
+    assert len(single.axes[0].lines) == 2 and len(single.axes[0].collections) == 2
+    labels = [t.get_text() for t in single.axes[0].get_legend().get_texts()]
+    assert labels == ["pg (1 seed, 4 points)", "pg + D-Fusion (1 seed, 4 points)"]
     epoch3 = _row(mean, template=fx.TEMPLATE, model="dpo", epoch=3)
-    assert epoch3["mean"] == pytest.approx(0.625, abs=1e-9) and epoch3["n"] == 2
+    assert epoch3["mean"] == pytest.approx(0.625, abs=1e-9) and epoch3["n"] == 2 and epoch3["n_images"] == 24
+    assert 0.625 - SPREAD <= epoch3["low"] < 0.625 < epoch3["high"] <= 0.625 + SPREAD
+    assert (epoch3["resampled"], epoch3["points"]) == ("prompts, images", fx.EPOCHS + 1)
+    zero = _row(mean, template=fx.SINGLE_TEMPLATE, model="pg", epoch=0)
+    assert zero["n_images"] == 12 and zero["low"] < zero["mean"] < zero["high"]
+    # a seed without its per-image CSV at an epoch: no band there (and never a t-interval)
+    paths = fx.write_multi_seed_runs(tmp_path / "runs")
+    (paths[0] / "eval" / "epoch-0002" / "test.csv").unlink()
+    broken = curves_mod.curve_points(collect([tmp_path / "runs"]).runs)
+    hit = _row(broken, model="dpo + D-Fusion", split="test", metric="mean_score", epoch=2)
+    assert math.isnan(hit["low"]) and math.isnan(hit["high"]) and hit["n"] == 2 and hit["resampled"] == ""
+    assert not math.isnan(_row(broken, model="dpo + D-Fusion", split="test", metric="mean_score", epoch=3)["low"])
+    line = broken[
+        (broken["model"] == "dpo + D-Fusion") & (broken["split"] == "test") & (broken["metric"] == "mean_score")
+    ]
+    drawn = curves_mod.plot_curve(line, "t", "mean_score").axes[0].collections
+    assert len(drawn) == 2 and len(drawn[1].get_segments()) == 1  # the band, and a bar at epoch 3 (no neighbour)
+
+
+def test_curves_lead_with_the_aligned_rate_and_show_each_fact(built: dict[str, Path]) -> None:
+    files = sorted(p.name for p in (built["out"] / "curves").glob(f"{fx.TEMPLATE}_test_*.svg"))
+    assert files == [f"{fx.TEMPLATE}_test_{m}.svg" for m in ("aligned_rate", "mean_score", "ok_rate")]
+    page = built["index"].read_text()
+    shown = re.findall(rf'src="curves/{fx.TEMPLATE}_test_([a-z0-9_]+)\.png"', page)
+    assert shown == ["aligned_rate", "ok_rate", "mean_score"]  # on the page: aligned rate, each fact, mean score
+    assert "4 evaluation points per run" in page
+
+
+def test_runs_with_fewer_than_six_evaluation_points_are_flagged(tmp_path: Path) -> None:
+    fx.write_run(tmp_path / "short", fx.RunSpec("t", "dpo", True, 0, fx.linear(0.4, 0.7), epochs=4))
+    fx.write_run(tmp_path / "long", fx.RunSpec("t", "dpo", False, 0, fx.linear(0.4, 0.7), epochs=5))
+    runs = collect([tmp_path]).runs
+    with pytest.warns(ReportWarning, match=r"1 of 2 runs have fewer than 6 evaluation points.*: short \(5\)$"):
+        curves_mod.curve_points(runs)
+    inventory = runs_frame(runs)
+    points = dict(zip(inventory["run"].map(lambda p: Path(p).name), inventory["eval_points"], strict=True))
+    assert points == {"long": 6, "short": 5}
 
 
 def test_samples_seen_axis(tmp_path: Path) -> None:
@@ -385,6 +464,7 @@ def test_cli_prints_where_the_report_is(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, [str(runs[0].parent), "--out", str(tmp_path / "rep")])
     assert result.exit_code == 0, result.output
     assert f"report: {tmp_path / 'rep' / 'index.html'}" in result.output
+    assert (tmp_path / "rep" / "tables" / "summary.csv").is_file()
     bad = CliRunner().invoke(app, [str(tmp_path / "nope"), "--out", str(tmp_path / "rep")])
     assert isinstance(bad.exception, UserError)
 
@@ -412,5 +492,5 @@ def test_index_renders_in_headless_chromium(built: dict[str, Path], tmp_path: Pa
         colors = image.convert("RGB").getcolors(maxcolors=1 << 16)
         assert colors is None or len(colors) > 16, "blank screenshot"
     dom = _chromium(["--dump-dom", url], tmp_path / "profile2").stdout
-    assert "D-Fusion gain" in dom and "0.750 ± 0.635" in dom and stats.PROMPT_TEST in dom
+    assert "D-Fusion gain" in dom and "1.000 [1.000, 1.000]" in dom and stats.PROMPT_TEST in dom
     assert "base (epoch 0)" in dom

@@ -152,8 +152,9 @@ def read_jsonl(path: Path, required: Sequence[str] = ()) -> list[dict[str, Any]]
 
 
 def _metrics_frame(path: Path, scorer: str) -> pd.DataFrame:
-    """``metrics.jsonl`` as a DataFrame, one row per (epoch, split); a repeated pair keeps its last line."""
-    columns = ["epoch", "split", "mean_score", "aligned_rate", "samples_seen", "wall_time_s", "scorer", "n"]
+    """``metrics.jsonl`` as a DataFrame, one row per (epoch, split); a repeated pair keeps its last line. ``facts``
+    holds the line's ``{fact: rate}`` dict (NA in lines written before facts were recorded)."""
+    columns = ["epoch", "split", "mean_score", "aligned_rate", "samples_seen", "wall_time_s", "scorer", "n", "facts"]
     records = read_jsonl(path, _METRIC_KEYS) if path.is_file() else []
     frame = pd.DataFrame.from_records(records)
     for column in columns:

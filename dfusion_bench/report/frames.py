@@ -7,27 +7,69 @@ from collections.abc import Sequence
 import pandas as pd
 
 from dfusion_bench.report import stats
-from dfusion_bench.report.collect import SPLITS, Run, read_samples_csv, warn
+from dfusion_bench.report.collect import SPLITS, Run, warn
+from dfusion_bench.report.facts import ALIGNED, SCORE, fact_metric, is_fact_metric, metric_label, order_metrics
+from dfusion_bench.report.images import image_frame
 
 RUN_KEYS = ["template", "scorer", "method", "fusion", "label", "seed"]
 #: The leading columns of every per-configuration table (final, rise, paired): where, scored how, and which model.
 CONFIG_COLUMNS = ["template", "scorer", "split", "model", "method", "fusion"]
-METRICS = ("mean_score", "aligned_rate")
-METRIC_NAMES = {"mean_score": "mean score", "aligned_rate": "aligned rate"}
+METRICS = (ALIGNED, SCORE)  # every run has these two; fact rates (``<fact>_rate``) come with the data
+METRIC_NAMES = {ALIGNED: metric_label(ALIGNED), SCORE: metric_label(SCORE)}
+MIN_POINTS = 6  # evaluation points a run needs for its curve to show a trend
 
 
-def metrics_frame(runs: Sequence[Run]) -> pd.DataFrame:
-    """Every run's metrics in one long frame with the run's identity columns (and ``run``: its folder)."""
-    frames = []
-    for run in runs:
-        frame = run.metrics.drop(columns=["scorer"]).copy()
+def _fact_rates(run: Run) -> pd.DataFrame:
+    """Per metrics row of ``run``: one ``<fact>_rate`` column per fact, from ``metrics.jsonl``'s ``facts`` where the
+    line records them, else from that epoch's per-image CSV (runs from before facts were logged)."""
+    rows = []
+    for epoch, split, facts in zip(run.metrics["epoch"], run.metrics["split"], run.metrics["facts"], strict=True):
+        if isinstance(facts, dict) and facts:
+            rates = {fact_metric(k): v for k, v in facts.items() if isinstance(v, int | float) and k}
+        else:
+            images = image_frame(run, int(epoch), str(split))
+            columns = [] if images is None else [c for c in images.columns if is_fact_metric(c)]
+            rates = {c: images[c].mean() for c in columns}  # type: ignore[index]
+        rows.append({k: float(v) for k, v in rates.items() if pd.notna(v)})
+    return pd.DataFrame.from_records(rows, index=run.metrics.index)
+
+
+def metric_columns(frame: pd.DataFrame) -> list[str]:
+    """The metric columns present in ``frame`` (aligned rate, fact rates, mean score), in headline order."""
+    return order_metrics(c for c in frame.columns if c in METRICS or is_fact_metric(c))
+
+
+_CACHE: dict[int, tuple[Run, pd.DataFrame, pd.DataFrame]] = {}  # id(run) -> (run, run.metrics, its long frame)
+
+
+def _run_metrics(run: Run) -> pd.DataFrame:
+    """One run's rows of :func:`metrics_frame`, remembered per run (the tables ask for them many times; the cache
+    holds the run, so its id is not reused while cached, and a run whose metrics were replaced is read afresh)."""
+    cached = _CACHE.get(id(run))
+    if cached is None or cached[0] is not run or cached[1] is not run.metrics:
+        frame = run.metrics.drop(columns=["scorer", "facts"], errors="ignore").copy()
+        frame = frame.join(_fact_rates(run).drop(columns=list(METRICS), errors="ignore"))
         frame.insert(0, "run", str(run.path))
         for i, key in enumerate(RUN_KEYS):
             frame.insert(1 + i, key, getattr(run, key))
-        frames.append(frame)
+        if len(_CACHE) > 4096:
+            _CACHE.clear()
+        cached = _CACHE[id(run)] = (run, run.metrics, frame)
+    return cached[2].copy()
+
+
+def metrics_frame(runs: Sequence[Run]) -> pd.DataFrame:
+    """Every run's metrics in one long frame with the run's identity columns (and ``run``: its folder), and one
+    ``<fact>_rate`` column per fact any run records (NaN where a run's prompts do not check it)."""
+    frames = [_run_metrics(run) for run in runs]
     if not frames:
-        return pd.DataFrame(columns=["run", *RUN_KEYS, "epoch", "split", "mean_score", "aligned_rate"])
+        return pd.DataFrame(columns=["run", *RUN_KEYS, "epoch", "split", *METRICS])
     return pd.concat(frames, ignore_index=True)
+
+
+def eval_points(run: Run) -> int:
+    """How many epochs ``run`` was evaluated at (on the split evaluated most often)."""
+    return int(run.metrics.groupby("split")["epoch"].nunique().max()) if not run.metrics.empty else 0
 
 
 def runs_frame(runs: Sequence[Run]) -> pd.DataFrame:
@@ -41,6 +83,7 @@ def runs_frame(runs: Sequence[Run]) -> pd.DataFrame:
                 "last_epoch_train": run.last_epoch("train"),
                 "last_epoch_test": run.last_epoch("test"),
                 "eval_epochs": len(run.eval_dirs),
+                "eval_points": eval_points(run),
             }
         )
     frame = pd.DataFrame.from_records(rows).rename(columns={"label": "model"})
@@ -51,17 +94,12 @@ def runs_frame(runs: Sequence[Run]) -> pd.DataFrame:
 
 
 def prompt_means(run: Run, epoch: int, split: str) -> pd.DataFrame | None:
-    """Per-prompt mean score and aligned rate of ``run`` at ``epoch`` on ``split``, indexed by prompt_index."""
-    csv = run.eval_csv(epoch, split)
-    if csv is None:
+    """Per-prompt means of every metric (aligned rate, fact rates, mean score) of ``run`` at ``epoch`` on ``split``,
+    indexed by prompt_index."""
+    images = image_frame(run, epoch, split)
+    if images is None or images.empty:
         return None
-    samples = read_samples_csv(csv)
-    if samples is None or samples.empty:
-        return None
-    columns = {"score": "mean_score"}
-    if "aligned" in samples:
-        columns["aligned"] = "aligned_rate"
-    return samples.groupby("prompt_index")[list(columns)].mean().rename(columns=columns)
+    return images.drop(columns="seed").groupby("prompt_index").mean()
 
 
 def prompt_test(

@@ -14,7 +14,7 @@ from urllib.parse import quote
 import pandas as pd
 
 from dfusion_bench.report.curves import CurveFile
-from dfusion_bench.report.frames import METRIC_NAMES
+from dfusion_bench.report.facts import metric_label, order_metrics
 from dfusion_bench.report.table_io import TABLES_DIR, Table
 
 HIDDEN_TABLES = ("curves",)  # too long to show; linked instead
@@ -116,21 +116,25 @@ def render_gallery(gallery: Gallery, css_class: str = "gallery") -> str:
     return "\n".join(parts)
 
 
-def _curve_order(curve: CurveFile) -> tuple[object, ...]:
-    """Held-out prompts first, then train; mean score before aligned rate (so each row pairs one split's metrics)."""
+def _curve_order(curve: CurveFile, ranks: dict[str, int]) -> tuple[object, ...]:
+    """Held-out prompts first, then train; within a split the aligned rate, each fact rate, then the mean score."""
     split = {"test": 0, "train": 1}.get(curve.split, 2)
-    metric = {"mean_score": 0, "aligned_rate": 1}.get(curve.metric, 2)
-    return (curve.scorer, split, curve.split, metric, curve.metric)
+    return (curve.scorer, split, curve.split, ranks.get(curve.metric, len(ranks)), curve.metric)
 
 
 def render_curves(curves: Sequence[CurveFile]) -> str:
     parts = []
+    ranks = {m: i for i, m in enumerate(order_metrics(c.metric for c in curves))}
     for template in sorted({c.template for c in curves}):
         parts.append(f"<h3>{esc(template)}</h3>")
-        mine = sorted((c for c in curves if c.template == template), key=_curve_order)
+        mine = sorted((c for c in curves if c.template == template), key=lambda c: _curve_order(c, ranks))
         figures = [
             Picture(
-                c.png, f"{c.split} prompts, {METRIC_NAMES.get(c.metric, c.metric)} ({c.scorer}); click for SVG", c.svg
+                c.png,
+                f"{c.split} prompts, {metric_label(c.metric)} ({c.scorer})"
+                + (f"; {c.note}" if c.note else "")
+                + "; click for SVG",
+                c.svg,
             )
             for c in mine
         ]
@@ -143,7 +147,11 @@ def render_page(page: Page) -> str:
     sections: list[tuple[str, str, str]] = []  # (anchor, heading, body)
     if page.curves:
         note = (
-            '<p class="desc">Mean over seeds; the band is the 95% t-interval (none for a single seed). '
+            '<p class="desc">The fully aligned rate first, then each fact the verifier checks, then the mean score. '
+            "Line: mean over seeds. Band: 95% percentile bootstrap over the per-image evaluations of every seed at "
+            "that epoch, resampling seeds (when there are 3 or more), prompts and images; with 1 or 2 seeds it covers "
+            "prompts and images only, not seed-to-seed spread; no band where per-image CSVs are missing. The legend "
+            "gives each line's seeds and evaluation points; runs with fewer than 6 are listed in the notes. "
             "Solid: with D-Fusion; dashed: without.</p>"
         )
         sections.append(("curves", "Alignment curves", note + render_curves(page.curves)))

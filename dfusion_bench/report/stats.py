@@ -1,7 +1,8 @@
-"""Means with 95% t-intervals over seeds, and paired tests of (with D-Fusion) - (without).
+"""Paired tests of (with D-Fusion) - (without) and of (final) - (base), and the t-interval they report.
 
-Seeds are the replicates: a configuration trained with k seeds gives k final scores, summarised by their mean and a
-Student-t confidence interval (none for k = 1: one seed says nothing about seed-to-seed spread). The fusion gain is
+The report's intervals over training runs come from the hierarchical bootstrap of :mod:`.bootstrap` (a t-interval
+over two seeds, with its 12.7 x SE half-width, says nothing); :func:`mean_ci` is left to the tests' p-values and to
+the ``paired`` table of eval folders, where the pairs are many images. The fusion gain is
 tested on pairs that share a seed (same initial noise, same evaluation seeds) with a paired t-test; when only one
 seed is shared, the pairs are the prompts instead (Wilcoxon signed-rank over the per-prompt mean scores), which tests
 that one seed's runs, not the method across seeds — the table says which test it used and on how many pairs.

@@ -1,22 +1,31 @@
 """The report's tables: each a numeric DataFrame (saved as CSV and parquet) and a formatted one (Markdown, LaTeX, HTML).
 
-Tables:
+Metrics lead with the fully aligned rate, then each fact rate the scorer records (relation, object0, object1, count),
+then the mean score. Every interval over training runs is a hierarchical percentile bootstrap over seeds (when 3 or
+more), prompts and images (:mod:`.bootstrap`), never a t-interval over two seeds. Tables:
 
 * ``overview``     the final table pivoted: one row per template x scorer x split, one column per configuration
                    (base first, then each method without and with D-Fusion), the paper's table layout;
-* ``final``        final alignment (last evaluated epoch of each run): mean and 95% t-interval over seeds, per
-                   template x scorer x split x method x fusion, with the base model (epoch 0) as the first row;
-* ``rise``         (final) - (base model) per configuration and metric, with a paired test (:mod:`.rise`);
+* ``fusion_minus_plain``  the headline: (with D-Fusion) − (plain) at the final epoch per template x scorer x split x
+                   method x metric, paired image bootstrap interval and the minimum detectable effect
+                   (:mod:`.fusion_vs_plain`);
+* ``final``        final alignment (last evaluated epoch of each run): mean over seeds and bootstrap interval, per
+                   template x scorer x split x method x fusion, with the base model (epoch 0) as the first row
+                   (:mod:`.final`);
+* ``summary``      per run and split: the aligned rate before (epoch 0) and after (last epoch), the rise and its paired
+                   bootstrap interval (:mod:`.summary`); ``summary_facts`` the same per fact;
+* ``rise``         (final) - (base model) per configuration and metric, bootstrap interval and a paired test
+                   (:mod:`.rise`);
 * ``fusion_gain``  (with D-Fusion) - (without) per template x scorer x split x method x metric, with a paired test;
 * ``paired``       ``dfusion eval`` folders of trained models against the base model's, image by image (:mod:`.paired`);
 * ``facts``        the same pairs, one row per fact the scorer checks (the verifier's objects, relation, count);
-* ``runs``         one row per run folder read;
+* ``runs``         one row per run folder read (with its evaluation points);
 * ``training``     per configuration: mean over seeds of the training log (loss, target-beats-base, seconds/epoch);
 * ``evals``        one row per eval folder x scorer;
 * ``fuse``         one row per fuse folder (triples, target-beats-base rate, gains, UNet cost);
 * ``fuse_facts``   per fuse folder and fact, how often reference, base and target hold it, and how often the target
                    repairs or breaks its base's fact;
-* ``curves``       the points (mean, CI, n over seeds) behind every curve.
+* ``curves``       the points (mean over seeds, bootstrap band, seeds, images, evaluation points) behind every curve.
 
 ``load_report_tables(out)`` reads them back.
 """
@@ -25,166 +34,38 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import pandas as pd
 
 from dfusion_bench.report import stats
 from dfusion_bench.report.bookkeeping import evals_table, fuse_facts_table, fuse_table, training_table
-from dfusion_bench.report.collect import Evaluation, Fuse, Run, method_label, warn
-from dfusion_bench.report.frames import CONFIG_COLUMNS, METRIC_NAMES, METRICS, metrics_frame, prompt_test, runs_frame
+from dfusion_bench.report.bootstrap import EMPTY, N_BOOT, Interval, bootstrap_mean
+from dfusion_bench.report.collect import Evaluation, Fuse, Run, warn
+from dfusion_bench.report.facts import metric_label
+from dfusion_bench.report.final import BASE_LABEL, display_final, final_rows, final_table, fmt_interval, overview_table
+from dfusion_bench.report.frames import metric_columns, prompt_test, runs_frame
+from dfusion_bench.report.fusion_vs_plain import display_fusion_minus_plain, final_pairs, fusion_minus_plain
 from dfusion_bench.report.paired import display_paired, paired_tables
 from dfusion_bench.report.rise import display_rise, rise_table
-from dfusion_bench.report.table_io import Table, display_numbers, fmt, fmt_ci, fmt_p, key_cells
-from dfusion_bench.rl.config import METHODS
+from dfusion_bench.report.summary import facts_summary_table, rise_by_run, summary_table
+from dfusion_bench.report.table_io import Table, display_numbers, fmt, fmt_p, key_cells
 
-BASE_LABEL = "base (epoch 0)"
-
-
-# ---- final alignment -----------------------------------------------------------------------------------------------
-
-
-def final_rows(runs: Sequence[Run]) -> pd.DataFrame:
-    """Each run's metrics at its last evaluated epoch, one row per run x split."""
-    metrics = metrics_frame(runs)
-    if metrics.empty:
-        return metrics
-    last = metrics.groupby(["run", "split"])["epoch"].transform("max")
-    return metrics[metrics["epoch"] == last].reset_index(drop=True)
-
-
-def base_rows(runs: Sequence[Run]) -> pd.DataFrame:
-    """The base model's metrics (epoch 0), one row per template x scorer x split x seed (runs sharing a seed share
-    their base model and evaluation seeds, so their epoch-0 rows are averaged, not counted twice)."""
-    metrics = metrics_frame(runs)
-    zero = metrics[metrics["epoch"] == 0]
-    if zero.empty:
-        return zero
-    keys = ["template", "scorer", "split", "seed"]
-    return zero.groupby(keys, as_index=False)[["mean_score", "aligned_rate"]].mean()
-
-
-def _summarise(group: pd.DataFrame) -> dict[str, object]:
-    row: dict[str, object] = {
-        "n_seeds": int(group["seed"].nunique()),
-        "seeds": ",".join(str(s) for s in sorted(group["seed"].unique())),
-    }
-    for metric in METRICS:
-        ci = stats.mean_ci(group[metric].to_numpy(dtype=float))
-        row[metric] = ci.mean
-        row[f"{metric}_ci95"] = ci.half_width
-        row[f"{metric}_n"] = ci.n
-    return row
-
-
-def final_table(runs: Sequence[Run]) -> pd.DataFrame:
-    """Final alignment per template x scorer x split x configuration: mean and 95% CI half-width over seeds."""
-    finals = final_rows(runs)
-    rows: list[dict[str, object]] = []
-    bases = base_rows(runs)
-    for (template, scorer, split), group in bases.groupby(["template", "scorer", "split"], sort=True):
-        rows.append(
-            {
-                "template": template,
-                "scorer": scorer,
-                "split": split,
-                "model": BASE_LABEL,
-                "method": "base",
-                "fusion": pd.NA,
-                "epoch": 0,
-                "epoch_min": 0,
-                **_summarise(group),
-            }
-        )
-    keys = ["template", "scorer", "split", "method", "fusion"]
-    for (template, scorer, split, method, fusion), group in finals.groupby(keys, sort=True):
-        epochs = group["epoch"]
-        if epochs.nunique() > 1:
-            warn(
-                f"{template}/{split}: {method_label(method, fusion)} runs end at different epochs "
-                f"({', '.join(str(e) for e in sorted(epochs.unique()))}); each run's last epoch is used"
-            )
-        rows.append(
-            {
-                "template": template,
-                "scorer": scorer,
-                "split": split,
-                "model": method_label(method, fusion),
-                "method": method,
-                "fusion": bool(fusion),
-                "epoch": int(epochs.max()),
-                "epoch_min": int(epochs.min()),
-                **_summarise(group),
-            }
-        )
-    frame = pd.DataFrame.from_records(rows, columns=_FINAL_COLUMNS)
-    if frame.empty:
-        return frame
-    frame["fusion"] = frame["fusion"].astype("boolean")
-    frame["_order"] = (frame["model"] != BASE_LABEL).astype(int)
-    frame = frame.sort_values(["template", "scorer", "split", "_order", "method", "fusion"], kind="stable")
-    return frame.drop(columns="_order").reset_index(drop=True)
-
-
-_FINAL_COLUMNS = [
-    *CONFIG_COLUMNS,
-    "epoch",
-    "epoch_min",
-    "n_seeds",
-    "seeds",
-    *[f"{m}{suffix}" for m in METRICS for suffix in ("", "_ci95", "_n")],
-]
-
-
-# ---- overview: the final table pivoted -------------------------------------------------------------------------------
-
-
-def _column_order(frame: pd.DataFrame) -> list[str]:
-    """Base first, then each method (in METHODS order, unknown ones after) without and with D-Fusion."""
-    rank = {m: i for i, m in enumerate(METHODS)}
-    models = frame[["model", "method", "fusion"]].drop_duplicates("model")
-    key = models.apply(
-        lambda r: (
-            r["method"] != "base",
-            rank.get(r["method"], len(rank)),
-            r["method"],
-            r["fusion"] is not pd.NA and bool(r["fusion"]),
-        ),
-        axis=1,
-    )
-    return list(models.assign(_key=key).sort_values("_key", kind="stable")["model"])
-
-
-def overview_table(final: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(numbers, display) of the final table pivoted to one row per template x scorer x split: the numbers hold
-    each configuration's mean score (column ``<model>``) and aligned rate (``<model> aligned``); the display shows
-    ``score (aligned %)`` per configuration."""
-    if final.empty:
-        return final, final
-    keys = ["template", "scorer", "split"]
-    order = _column_order(final)
-    score = final.pivot(index=keys, columns="model", values="mean_score")[order]
-    aligned = final.pivot(index=keys, columns="model", values="aligned_rate")[order]
-    numbers = pd.concat([score, aligned.add_suffix(" aligned")], axis=1).reset_index()
-    display = score.copy().astype(object)
-    for model in order:
-        display[model] = [
-            fmt(s) + (f" ({a:.0%})" if pd.notna(a) else "") if pd.notna(s) else "–"
-            for s, a in zip(score[model], aligned[model], strict=True)
-        ]
-    display = display.reset_index().rename(columns={"template": "Template", "scorer": "Scorer", "split": "Split"})
-    return numbers, display
+__all__ = ["BASE_LABEL", "build_tables", "final_table", "gain_table", "overview_table"]
 
 
 # ---- fusion gain ---------------------------------------------------------------------------------------------------
 
 
-def gain_table(runs: Sequence[Run]) -> pd.DataFrame:
+def gain_table(runs: Sequence[Run], n_boot: int = N_BOOT) -> pd.DataFrame:
     """(with D-Fusion) - (without) per template x scorer x split x method x metric, with a paired test.
 
     Pairs are seeds present on both sides (paired t-test). With exactly one shared seed the pairs are that seed's
     prompts, matched by ``prompt_index`` at each run's final epoch (Wilcoxon signed-rank). With no shared seed the
-    difference of means is shown untested.
+    difference of means is shown untested. The interval (``gain_low``, ``gain_high``) is the paired image bootstrap
+    of the ``fusion_minus_plain`` table (shared seeds only; none without one).
     """
     finals = final_rows(runs)
+    metrics = metric_columns(finals)
     by_run = {str(run.path): run for run in runs}
     rows: list[dict[str, object]] = []
     for (template, scorer, split, method), group in finals.groupby(["template", "scorer", "split", "method"]):
@@ -193,26 +74,28 @@ def gain_table(runs: Sequence[Run]) -> pd.DataFrame:
         if with_f.empty or without.empty:
             continue
         shared = sorted(set(with_f.index) & set(without.index))
-        for metric in METRICS:
+        sides = [{s: by_run[frame.loc[s, "run"]] for s in shared} for frame in (with_f, without)]
+        pairs = final_pairs(sides[0], sides[1], shared, str(split)) if shared else None
+        for metric in metrics:
             if with_f[metric].isna().all() or without[metric].isna().all():
                 continue
             base = {"template": template, "scorer": scorer, "split": split, "method": method, "metric": metric}
+            band = bootstrap_mean(pairs, metric, n_boot=n_boot) if pairs is not None else EMPTY
             if len(shared) >= 2:
                 a, b = with_f.loc[shared, metric].to_numpy(float), without.loc[shared, metric].to_numpy(float)
                 test = stats.paired_t(a, b)
-                row = _gain_row(base, a.mean(), b.mean(), test.mean_difference, test, "seeds", shared)
+                row = _gain_row(base, np.nanmean(a), np.nanmean(b), test.mean_difference, test, band, "seeds", shared)
             elif len(shared) == 1:
                 seed = shared[0]
-                a_run, b_run = by_run[with_f.loc[seed, "run"]], by_run[without.loc[seed, "run"]]
-                ends = [(run, run.last_epoch(split)) for run in (a_run, b_run)]
+                ends = [(run, run.last_epoch(split)) for run in (sides[0][seed], sides[1][seed])]
                 test = prompt_test(ends[0], ends[1], split, metric, "gain")
                 a, b = float(with_f.loc[seed, metric]), float(without.loc[seed, metric])
-                row = _gain_row(base, a, b, a - b, test, "prompts" if test.n else "seeds", shared)
+                row = _gain_row(base, a, b, a - b, test, band, "prompts" if test.n else "seeds", shared)
             else:
                 warn(f"{template}/{split}/{method}: no seed run both with and without D-Fusion; gain untested")
                 a, b = float(with_f[metric].mean()), float(without[metric].mean())
                 untested = stats.PairedTest(a - b, float("nan"), float("nan"), stats.NO_TEST, 0)
-                row = _gain_row(base, a, b, a - b, untested, "seeds", shared)
+                row = _gain_row(base, a, b, a - b, untested, band, "seeds", shared)
             rows.append(row)
     return pd.DataFrame.from_records(rows, columns=_GAIN_COLUMNS)
 
@@ -226,7 +109,8 @@ _GAIN_COLUMNS = [
     "with_fusion",
     "without_fusion",
     "gain",
-    "gain_ci95",
+    "gain_low",
+    "gain_high",
     "test",
     "unit",
     "n",
@@ -241,6 +125,7 @@ def _gain_row(
     without_value: float,
     gain: float,
     test: stats.PairedTest,
+    band: Interval,
     unit: str,
     seeds: Sequence[int],
 ) -> dict[str, object]:
@@ -249,7 +134,8 @@ def _gain_row(
         "with_fusion": float(with_value),
         "without_fusion": float(without_value),
         "gain": float(gain),
-        "gain_ci95": test.half_width,
+        "gain_low": band.low,
+        "gain_high": band.high,
         "test": test.test,
         "unit": unit,
         "n": test.n,
@@ -261,36 +147,16 @@ def _gain_row(
 # ---- formatting specific to these tables ------------------------------------------------------------------------
 
 
-def _epochs(row: pd.Series) -> str:
-    lo, hi = int(row["epoch_min"]), int(row["epoch"])
-    return str(hi) if lo == hi else f"{lo}–{hi}"
-
-
-def display_final(frame: pd.DataFrame) -> pd.DataFrame:
-    rows = []
-    for _, r in frame.iterrows():
-        rows.append(
-            {
-                **key_cells(r),
-                "Epoch": _epochs(r),
-                "Seeds (n)": f"{r['seeds']} ({r['n_seeds']})",
-                "Mean score ± 95% CI": fmt_ci(r["mean_score"], r["mean_score_ci95"]),
-                "Aligned rate ± 95% CI": fmt_ci(r["aligned_rate"], r["aligned_rate_ci95"]),
-            }
-        )
-    return pd.DataFrame.from_records(rows)
-
-
 def display_gain(frame: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for _, r in frame.iterrows():
         rows.append(
             {
                 **key_cells(r, "Method"),
-                "Metric": METRIC_NAMES.get(r["metric"], r["metric"]),
+                "Metric": metric_label(r["metric"]),
                 "With D-Fusion": fmt(r["with_fusion"]),
                 "Without": fmt(r["without_fusion"]),
-                "Gain ± 95% CI": fmt_ci(r["gain"], r["gain_ci95"]),
+                "Gain [95% CI]": fmt_interval(r["gain"], r["gain_low"], r["gain_high"]),
                 "Test": r["test"] + (f" (seed {r['seeds']})" if r["unit"] == "prompts" else ""),
                 "n": f"{r['n']} {r['unit']}",
                 "p": fmt_p(r["p_value"]),
@@ -302,10 +168,85 @@ def display_gain(frame: pd.DataFrame) -> pd.DataFrame:
 # ---- building all tables -------------------------------------------------------------------------------------------
 
 
+def _run_tables(runs: Sequence[Run], n_boot: int) -> list[tuple[str, str, str, pd.DataFrame, pd.DataFrame]]:
+    """(name, title, description, data, display) of the tables of training runs, headline first."""
+    final = final_table(runs, n_boot)
+    overview, overview_display = overview_table(final)
+    headline = fusion_minus_plain(runs, n_boot)
+    by_run = rise_by_run(runs, n_boot=n_boot)
+    summary, summary_facts = summary_table(by_run), facts_summary_table(by_run)
+    rise, gain = rise_table(runs, n_boot), gain_table(runs, n_boot)
+    interval = "95% percentile bootstrap over seeds (when 3 or more), prompts and images"
+    return [
+        (
+            "overview",
+            "Overview",
+            "The final table at a glance: fully aligned rate (mean score) at each configuration's last evaluated "
+            "epoch, mean over seeds.",
+            overview,
+            overview_display,
+        ),
+        (
+            "fusion_minus_plain",
+            "D-Fusion minus plain",
+            "(with D-Fusion) − (plain) at each run's last evaluated epoch, mean over the seeds run both ways; "
+            f"interval: {interval}, of the image pairs (same seed, prompt and image seed). MDE: the smallest true "
+            "difference this paired design detects at power 0.8, two-sided alpha 0.05 ((z_0.975 + z_0.8) × SE).",
+            headline,
+            display_fusion_minus_plain(headline),
+        ),
+        (
+            "final",
+            "Final alignment",
+            f"Each run's last evaluated epoch, mean over seeds; interval: {interval} (with 1 or 2 seeds it covers "
+            f"prompts and images, not a new seed). '{BASE_LABEL}' is the model before any update.",
+            final,
+            display_final(final),
+        ),
+        (
+            "summary",
+            "Rise per run",
+            "Fully aligned rate before (epoch 0) and after (last evaluated epoch) each run's training; interval: "
+            "paired bootstrap over the run's prompts and images (same prompt and image seed before and after).",
+            summary,
+            display_numbers(summary),
+        ),
+        (
+            "summary_facts",
+            "Rise per run, per fact",
+            "The same for each fact the verifier checks (relation, objects, count).",
+            summary_facts,
+            display_numbers(summary_facts),
+        ),
+        (
+            "rise",
+            "Rise over the base model",
+            f"(last evaluated epoch) − (epoch 0), same runs; interval: {interval}, of the image pairs; p from the "
+            "named two-sided paired test. With one seed the test's pairs are that run's prompts, which tests that run, "
+            "not the method.",
+            rise,
+            display_rise(rise),
+        ),
+        (
+            "fusion_gain",
+            "D-Fusion gain",
+            "(with D-Fusion) − (without), same method and seed; interval as in D-Fusion minus plain; p from the named "
+            "two-sided paired test. With one shared seed the test's pairs are that seed's prompts, which tests those "
+            "two runs, not the method.",
+            gain,
+            display_gain(gain),
+        ),
+    ]
+
+
 def build_tables(
-    runs: Sequence[Run], evals: Sequence[Evaluation], fuses: Sequence[Fuse], curves: pd.DataFrame | None = None
+    runs: Sequence[Run],
+    evals: Sequence[Evaluation],
+    fuses: Sequence[Fuse],
+    curves: pd.DataFrame | None = None,
+    n_boot: int = N_BOOT,
 ) -> dict[str, Table]:
-    """Every non-empty table of the report, in display order."""
+    """Every non-empty table of the report, in display order; ``n_boot`` bootstrap replicates per interval."""
     tables: dict[str, Table] = {}
 
     def add(name: str, title: str, description: str, data: pd.DataFrame, display: pd.DataFrame | None = None) -> None:
@@ -313,43 +254,8 @@ def build_tables(
             data = data.reset_index(drop=True)
             tables[name] = Table(name, title, description, data, display if display is not None else data)
 
-    if runs:
-        final = final_table(runs)
-        overview, overview_display = overview_table(final)
-        add(
-            "overview",
-            "Overview",
-            "The final table at a glance: mean score (fully aligned rate) at each configuration's last evaluated "
-            "epoch, mean over seeds.",
-            overview,
-            overview_display,
-        )
-        add(
-            "final",
-            "Final alignment",
-            "Each run's last evaluated epoch; mean ± 95% t-interval over seeds (no interval for one seed). "
-            f"'{BASE_LABEL}' is the model before any update.",
-            final,
-            display_final(final),
-        )
-        rise = rise_table(runs)
-        add(
-            "rise",
-            "Rise over the base model",
-            "(last evaluated epoch) − (epoch 0), same runs; p from the named two-sided paired test. With one seed the "
-            "pairs are that run's prompts, which tests that run, not the method.",
-            rise,
-            display_rise(rise),
-        )
-        gain = gain_table(runs)
-        add(
-            "fusion_gain",
-            "D-Fusion gain",
-            "(with D-Fusion) − (without), same method and seed; p from the named two-sided paired test. "
-            "With one shared seed the pairs are that seed's prompts, which tests those two runs, not the method.",
-            gain,
-            display_gain(gain),
-        )
+    for table in _run_tables(runs, n_boot) if runs else []:
+        add(*table)
     paired, facts = paired_tables(evals)
     add(
         "paired",
@@ -378,7 +284,13 @@ def build_tables(
             display_numbers(training),
         )
         inventory = runs_frame(runs)
-        add("runs", "Runs", "Every training run folder read.", inventory, display_numbers(inventory))
+        add(
+            "runs",
+            "Runs",
+            "Every training run folder read; eval_points: the epochs it was evaluated at (a curve needs 6).",
+            inventory,
+            display_numbers(inventory),
+        )
     evals_frame = evals_table(evals)
     add(
         "evals", "Evaluations", "One row per dfusion eval folder and scorer.", evals_frame, display_numbers(evals_frame)
@@ -396,5 +308,11 @@ def build_tables(
         display_numbers(fuse_facts),
     )
     if curves is not None:
-        add("curves", "Curve points", "Mean and 95% CI over seeds behind every curve.", curves, display_numbers(curves))
+        add(
+            "curves",
+            "Curve points",
+            "Mean over seeds and 95% bootstrap band (seeds when 3 or more, prompts, images) behind every curve.",
+            curves,
+            display_numbers(curves),
+        )
     return tables
