@@ -6,6 +6,7 @@ of the weights in memory.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import torch
 from diffusers import UNet2DConditionModel
 from peft import LoraConfig
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from dfusion_bench import atomic
 from dfusion_bench.errors import UserError
@@ -52,9 +53,18 @@ def lora_state(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:
     return {name: p.detach().cpu().clone() for name, p in unet.named_parameters() if p.requires_grad}
 
 
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of LoRA weights by name and value (float32 bytes): equal weights, equal digest, on any process."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        h.update(name.encode())
+        h.update(state[name].float().numpy().tobytes())
+    return h.hexdigest()
+
+
 def save_lora(unet: UNet2DConditionModel, path: Path) -> Path:
     tensors = {k: v.contiguous() for k, v in lora_state(unet).items()}
-    return atomic.write_with(path, lambda p: save_file(tensors, str(p)))
+    return atomic.write_safetensors(path, tensors)
 
 
 def load_lora(unet: UNet2DConditionModel, path: Path) -> None:
