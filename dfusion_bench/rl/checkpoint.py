@@ -86,7 +86,7 @@ def _damaged(folder: Path, what: str) -> UserError:
     return UserError(f"checkpoint {folder}: {what}; it changed after it was written, so it is not used")
 
 
-def verify_files(run: Path, epoch: int) -> None:
+def verify_files(run: Path, epoch: int, names: tuple[str, ...] = FILES) -> None:
     """Check an epoch folder's files against its ``checksums.json`` (folders written before checksums: skipped)."""
     folder = epoch_dir(run, epoch)
     listed = folder / CHECKSUMS
@@ -94,10 +94,10 @@ def verify_files(run: Path, epoch: int) -> None:
         return
     try:
         expected = json.loads(listed.read_text())
-        names = {name: str(expected[name]) for name in FILES}
+        wanted = {name: str(expected[name]) for name in names}
     except (OSError, ValueError, KeyError, TypeError):
         raise _damaged(folder, f"{CHECKSUMS} is unreadable") from None
-    for name, sha in names.items():
+    for name, sha in wanted.items():
         if file_sha256(folder / name) != sha:
             raise _damaged(folder, f"{name} does not match its SHA-256 in {CHECKSUMS}")
 
@@ -118,18 +118,18 @@ def logged_digest(run: Path, epoch: int) -> str | None:
     return found
 
 
-def check_complete(run: Path, epoch: int) -> None:
-    """Refuse an epoch folder that lacks a file or whose files do not match their checksums."""
+def check_complete(run: Path, epoch: int, names: tuple[str, ...] = FILES) -> None:
+    """Refuse an epoch folder that lacks one of ``names`` or whose files do not match their checksums."""
     folder = epoch_dir(run, epoch)
-    if not all((folder / name).is_file() for name in FILES):
+    if not all((folder / name).is_file() for name in names):
         raise UserError(f"checkpoint {folder} is missing or incomplete; resume from another run or start afresh")
-    verify_files(run, epoch)
+    verify_files(run, epoch, names)
 
 
-def _load_weights(run: Path, epoch: int, unet) -> None:
-    """Verify an epoch's files, load its LoRA weights into ``unet``, and check them against the training log."""
+def _load_weights(run: Path, epoch: int, unet, names: tuple[str, ...] = FILES) -> None:
+    """Verify an epoch's ``names``, load its LoRA weights into ``unet``, and check them against the training log."""
     folder = epoch_dir(run, epoch)
-    check_complete(run, epoch)
+    check_complete(run, epoch, names)
     load_lora(unet, folder / FILES[0])
     expected = logged_digest(run, epoch)
     if expected is not None and state_digest(lora_state(unet)) != expected:
@@ -165,9 +165,9 @@ def load_policy(run: Path, epoch: int | None, device, dtype):
     epoch = latest if epoch is None else epoch
     if not epoch_dir(run, epoch).is_dir():
         raise UserError(f"--epoch {epoch}: {run} has no checkpoint of that epoch (latest: {latest})")
-    check_complete(run, epoch)  # before the model loads
+    check_complete(run, epoch, FILES[:1])  # before the model loads; evaluation needs only the weights
     pipe = ModelChoice.check(Path(config.model) if config.model else None).load(device, dtype)
     add_lora(pipe.unet, config.lora, config.seed)
-    _load_weights(run, epoch, pipe.unet)
+    _load_weights(run, epoch, pipe.unet, FILES[:1])
     pipe.unet.requires_grad_(False)
     return pipe, config, epoch
