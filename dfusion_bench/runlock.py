@@ -225,3 +225,13 @@ def sweep_stale(parent: Path, pattern: str) -> list[Path]:
         finally:
             release(fd)
     return removed
+
+
+def sweep_held(folder: Path) -> None:
+    """Remove what writers killed outright left in a folder we hold the lock of: staging folders (``.*.partial``)
+    and temporary files (``.*.tmp``) anywhere below it. Holding the lock, no one else can be writing them."""
+    for path in sorted(Path(folder).rglob(".*"), key=lambda p: len(p.parts)):
+        if path.name.endswith(".partial") and path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.name.endswith(".tmp") and path.is_file():
+            path.unlink(missing_ok=True)

@@ -187,6 +187,19 @@ def test_stale_staging_folders_are_swept_and_live_ones_kept(tmp_path) -> None:
     runlock.release(fd)
 
 
+def test_a_resumed_run_sweeps_what_a_killed_writer_left(tmp_path) -> None:
+    run = tmp_path / "run"
+    (run / "checkpoints" / ".epoch-0003.partial").mkdir(parents=True)
+    (run / "checkpoints" / ".epoch-0003.partial" / "lora.safetensors").write_bytes(b"half")
+    (run / ".metrics.jsonl.k1ll.tmp").write_text("half")
+    (run / "eval" / "epoch-0001").mkdir(parents=True)
+    (run / "eval" / "epoch-0001" / ".train.png.x.tmp").write_bytes(b"")
+    (run / "metrics.jsonl").write_text("{}\n")
+    runlock.sweep_held(run)
+    left = sorted(str(p.relative_to(run)) for p in run.rglob("*"))
+    assert left == ["checkpoints", "eval", "eval/epoch-0001", "metrics.jsonl"]
+
+
 def test_a_failed_write_in_a_staging_folder_names_the_output_and_leaves_nothing(tmp_path) -> None:
     def full(path: Path) -> None:
         raise OSError(errno.ENOSPC, "No space left on device", str(path))

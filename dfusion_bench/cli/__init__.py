@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import shlex
 import sys
+from pathlib import Path
 from typing import Any
 
 import typer
 
 from dfusion_bench.cli.boundary import guard, option, run, staged_note
+from dfusion_bench.errors import UserError
 
 app = typer.Typer(
     name="dfusion",
@@ -37,9 +39,32 @@ def _regression_note(params: dict[str, Any]) -> str:
     return f"{option(params, 'out')} may hold part of the check; run dfusion regression again"
 
 
+def _train_note(params: dict[str, Any]) -> str:
+    """Before training starts, or after it ended (while the report is built); in between, training says itself."""
+    from dfusion_bench.rl import checkpoint
+    from dfusion_bench.rl.config import run_name
+
+    out = option(params, "out")
+    if out is None:  # the default folder, as train names it
+        template = Path(str(option(params, "template"))).stem
+        out = Path("runs") / run_name(
+            option(params, "method"), option(params, "fusion"), template, option(params, "seed")
+        )
+    try:
+        latest = checkpoint.latest_epoch(Path(out))
+    except UserError:
+        latest = None
+    return f"nothing was written to --out {out}" if latest is None else checkpoint.resume_hint(Path(out), latest)
+
+
 #: What an interrupt leaves of each command's output (commands not listed stage theirs, or write none).
-#: ``train`` says more itself once training has started (the last checkpoint and the resume command).
-NOTES = {"report": _report_note, "world pretrain": _pretrain_note, "grid": _grid_note, "regression": _regression_note}
+NOTES = {
+    "train": _train_note,
+    "report": _report_note,
+    "world pretrain": _pretrain_note,
+    "grid": _grid_note,
+    "regression": _regression_note,
+}
 
 
 def _guarded(name: str, callback):

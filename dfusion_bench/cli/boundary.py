@@ -113,9 +113,8 @@ def guard(callback: Callable[..., Any], note: Callable[[dict[str, Any]], str]) -
 def option(params: dict[str, Any], name: str) -> Any:
     """A command's parsed option by its name, whether the command names it ``out`` or, derived from a section of
     its configuration, ``run__out`` (:mod:`dfusion_bench.cli.derive`)."""
-    if name in params:
-        return params[name]
-    return next((v for k, v in params.items() if k.endswith(f"__{name}")), None)
+    keys = [k for k in params if k == name or k.endswith(f"__{name}")]
+    return params[min(keys, key=lambda k: k.count("__"))] if keys else None  # the outermost: config__seed
 
 
 def staged_note(params: dict[str, Any]) -> str:

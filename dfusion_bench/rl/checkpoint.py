@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 import shutil
 from pathlib import Path
 from typing import Any
@@ -65,12 +66,6 @@ def save(run: Path, epoch: int, unet, state: dict[str, Any]) -> None:
     atomic.write_json(Path(run) / "checkpoints" / LATEST, {"epoch": epoch})
 
 
-def sweep_partial(run: Path) -> None:
-    """Remove the staging folders of checkpoints whose writer died (call while holding the run's lock)."""
-    for stage in (Path(run) / "checkpoints").glob(".epoch-*.partial"):
-        shutil.rmtree(stage, ignore_errors=True)
-
-
 def latest_epoch(run: Path) -> int | None:
     """The newest complete checkpoint's epoch, or None if the run has none."""
     pointer = Path(run) / "checkpoints" / LATEST
@@ -80,6 +75,12 @@ def latest_epoch(run: Path) -> int | None:
         return int(json.loads(pointer.read_text())["epoch"])
     except (ValueError, KeyError, TypeError, OSError, json.JSONDecodeError) as exc:
         raise UserError(f"{pointer} is corrupt ({exc}); delete it to resume from an earlier epoch folder") from None
+
+
+def resume_hint(run: Path, epoch: int) -> str:
+    """What a stopped run kept and how to go on, for the one line that reports it."""
+    command = f"dfusion train --out {shlex.quote(str(run))} --resume"
+    return f"the last complete checkpoint is epoch {epoch} ({epoch_dir(run, epoch)}); resume with: {command}"
 
 
 def _damaged(folder: Path, what: str) -> UserError:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -383,7 +382,10 @@ class Trainer:
         except UserError:
             latest = None
         if latest is None and not resume and self.dist.is_main:
-            runlock.discard(self.out)
+            try:
+                runlock.discard(self.out)
+            except OSError:  # the failure itself may stop the clean-up (a read-only place); report the failure
+                pass
         return latest
 
     def _where(self) -> str:
@@ -394,9 +396,7 @@ class Trainer:
     def _kept(self, latest: int | None, resume: bool) -> str:
         """What a failed or interrupted run kept, and how to go on."""
         if latest is not None:
-            folder = checkpoint.epoch_dir(self.out, latest)
-            command = f"dfusion train --out {shlex.quote(str(self.out))} --resume"
-            return f"the last complete checkpoint is epoch {latest} ({folder}); resume with: {command}"
+            return checkpoint.resume_hint(self.out, latest)
         if resume:
             return f"the checkpoints in {self.out / 'checkpoints'} were left as they were"
         return f"no checkpoint was complete, so nothing was kept in {self.out}; run the same command again"
@@ -407,7 +407,7 @@ class Trainer:
         if resume:
             latest = checkpoint.latest_epoch(out)
             if self.dist.is_main:
-                checkpoint.sweep_partial(out)
+                runlock.sweep_held(out)  # what a killed run left half written
             self._restore(latest)
             if self.dist.is_main:
                 _truncate_jsonl(out / METRICS, latest)
