@@ -111,6 +111,20 @@ def test_a_ctrl_c_in_a_command_says_what_became_of_its_output() -> None:
         boundary.guard(work, boundary.staged_note)(out="runs/x")
 
 
+def test_a_ctrl_c_outside_training_names_what_train_kept(tmp_path) -> None:
+    """Before training starts (loading the model) or after it ends (building the report), `train` says itself."""
+    from dfusion_bench.cli import NOTES
+
+    note = NOTES["train"]
+    run = tmp_path / "run"
+    params = {"out": run, "method": "dpo", "fusion": False, "template": "shapes-objects", "seed": 0}
+    assert note(params) == f"nothing was written to --out {run}"
+    atomic.write_json(run / "checkpoints" / checkpoint.LATEST, {"epoch": 3})
+    expected = f"epoch 3 ({run}/checkpoints/epoch-0003); resume with: dfusion train --out {run} --resume"
+    assert note(params).endswith(expected)
+    assert "runs/dpo-plain-shapes-objects-s0" in note({**params, "out": None})  # the default --out
+
+
 def test_help_still_works_through_the_entry_point() -> None:
     done = run_dfusion(["train", "--help"], timeout=120)
     assert done.returncode == 0 and "--method" in done.stdout and not done.stderr.strip()
@@ -292,6 +306,7 @@ def test_a_checkpoint_that_cannot_be_written_is_not_half_made(tmp_path, monkeypa
 
 
 @needs_model
+@pytest.mark.slow
 def test_fuse_with_no_triples_says_so(tmp_path) -> None:
     """Every sample of the prompt scores the same, so no reference beats a base: no "nan%", no NaN in JSON."""
     out = tmp_path / "out"
