@@ -117,12 +117,13 @@ def test_a_ctrl_c_outside_training_names_what_train_kept(tmp_path) -> None:
 
     note = NOTES["train"]
     run = tmp_path / "run"
-    params = {"out": run, "method": "dpo", "fusion": False, "template": "shapes-objects", "seed": 0}
+    params = {"run__out": run, "config__method": "dpo", "config__fusion": False, "config__template": "shapes-objects"}
+    params |= {"config__seed": 0, "config__sampler__seed": 5}  # as derived commands name them
     assert note(params) == f"nothing was written to --out {run}"
     atomic.write_json(run / "checkpoints" / checkpoint.LATEST, {"epoch": 3})
     expected = f"epoch 3 ({run}/checkpoints/epoch-0003); resume with: dfusion train --out {run} --resume"
     assert note(params).endswith(expected)
-    assert "runs/dpo-plain-shapes-objects-s0" in note({**params, "out": None})  # the default --out
+    assert "runs/dpo-plain-shapes-objects-s0" in note({**params, "run__out": None})  # the default --out
 
 
 def test_help_still_works_through_the_entry_point() -> None:
