@@ -39,10 +39,14 @@ def add_lora(unet: UNet2DConditionModel, settings: LoraSettings, seed: int) -> l
         target_modules=list(settings.targets),
         lora_dropout=0.0,
     )
-    unet.add_adapter(config)
+    problem = f"no LoRA target among {settings.targets} in this UNet; check --lora-targets"
+    try:
+        unet.add_adapter(config)
+    except ValueError:  # peft refuses targets it cannot find (NoMatchingPeftModuleError) before we could look
+        raise UserError(problem) from None
     params = [p for p in unet.parameters() if p.requires_grad]
     if not params:
-        raise UserError(f"no LoRA target among {settings.targets} in this UNet; check --lora-targets")
+        raise UserError(problem)
     for p in params:  # train adapters in fp32 even when the UNet runs in half precision
         p.data = p.data.float()
     return params
