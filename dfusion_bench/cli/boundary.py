@@ -105,7 +105,11 @@ def guard(callback: Callable[..., Any], note: Callable[[dict[str, Any]], str]) -
         try:
             return callback(*args, **kwargs)
         except KeyboardInterrupt:
-            raise Interrupted(f"interrupted; {note(kwargs)}") from None
+            try:
+                told = f"interrupted; {note(kwargs)}"
+            except Exception:  # the note reads the output folder; it must not turn an interrupt into a traceback
+                told = "interrupted"
+            raise Interrupted(told) from None
 
     return guarded
 
