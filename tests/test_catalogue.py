@@ -36,7 +36,7 @@ from entry_point import dfusion_command, entry_env, make_read_only
 
 from dfusion_bench import runlock
 from dfusion_bench.cli import main
-from dfusion_bench.models import EMBEDDED_MODEL
+from dfusion_bench.models.loading import EMBEDDED_MODEL
 from dfusion_bench.rl import checkpoint
 
 pytestmark = pytest.mark.skipif(

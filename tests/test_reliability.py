@@ -20,7 +20,7 @@ from entry_point import dfusion_command, entry_env, run_dfusion
 from dfusion_bench import atomic, runlock
 from dfusion_bench.cli import boundary
 from dfusion_bench.errors import UserError, write_failure
-from dfusion_bench.models import EMBEDDED_MODEL
+from dfusion_bench.models.loading import EMBEDDED_MODEL
 from dfusion_bench.rl import checkpoint
 from dfusion_bench.runinfo import staged_dir
 
