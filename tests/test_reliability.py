@@ -258,6 +258,7 @@ def test_json_holds_no_bare_nan(tmp_path) -> None:
     assert _strict((tmp_path / "log.jsonl").read_text()) == expected
 
 
+@pytest.mark.slow  # two interpreters importing torch
 def test_equal_tensors_give_equal_safetensors_bytes() -> None:
     """The library writes metadata keys in hash-map order, which changes between calls and processes."""
     tensors = {"latents": torch.arange(6.0).reshape(2, 3), "seeds": torch.tensor([1, 2])}
