@@ -23,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from dfusion_bench import atomic, imaging
 from dfusion_bench.errors import UserError
@@ -118,7 +118,7 @@ def write(out: Path, pairs: Pairs, extra_manifest: dict[str, Any]) -> dict[str, 
         f = pairs.fusion
         f.targets.save(out / "targets.safetensors")
         tensors = {"masks": f.masks.to(torch.uint8).contiguous(), "maps": f.maps.half().contiguous()}
-        atomic.write_with(out / "masks.safetensors", lambda p: save_file(tensors, str(p)))
+        atomic.write_safetensors(out / "masks.safetensors", tensors)
         n_steps = len(f.targets.timesteps)
         manifest.update(
             {

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
+import os
 import platform
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,7 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from dfusion_bench import atomic
+from dfusion_bench import atomic, runlock
 from dfusion_bench.errors import UserError
 
 PACKAGES = (
@@ -64,13 +65,32 @@ def model_digest(folder: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def _unwritable(out: Path) -> Path | None:
+    """The folder that keeps this process from making or filling ``out``, or None.
+
+    Checked: the nearest existing parent (where ``out`` and staging folders are made) and ``out`` itself if it
+    exists (where a run writes)."""
+    parent = next((p for p in out.parents if p.exists()), None)
+    for folder in (parent, out if out.exists() else None):
+        if folder is not None and not os.access(folder, os.W_OK | os.X_OK):
+            return folder
+    return None
+
+
 def check_out_dir(out: Path, overwrite: bool) -> Path:
-    """Refuse an output folder that is a file, or not empty without ``overwrite``. Call before any work."""
+    """Refuse an output folder that is a file, not empty without ``overwrite`` (a run's lock file alone does not
+    count), or in a place this process cannot write. Call before any work."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a folder path")
-    if out.exists() and any(out.iterdir()) and not overwrite:
+    parent = next((p for p in out.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():  # e.g. --out some/file.txt/run
+        raise UserError(f"--out {out}: {parent} is a file; give a folder path")
+    if out.exists() and any(p.name != runlock.LOCK_NAME for p in out.iterdir()) and not overwrite:
         raise UserError(f"--out {out} is not empty; choose another folder or pass --overwrite")
+    blocked = _unwritable(out)
+    if blocked is not None:
+        raise UserError(f"--out {out}: cannot write in {blocked} (read-only or no permission); choose another folder")
     return out
 
 
@@ -78,17 +98,29 @@ def check_out_dir(out: Path, overwrite: bool) -> Path:
 def staged_dir(out: Path, overwrite: bool) -> Iterator[Path]:
     """A fresh folder beside ``out`` to write into; moved into place only if the block succeeds.
 
-    A crash or an interrupt leaves ``out`` as it was (no partial output); the staging folder is removed.
+    A crash or an interrupt leaves ``out`` as it was (no partial output); the staging folder is removed. A staging
+    folder is locked while it lives, so the ones that processes killed outright left behind are swept here.
     """
     out = check_out_dir(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    prefix = f".{out.name}."
+    runlock.sweep_stale(out.parent, f"{glob.escape(prefix)}*.partial")
+    stage, fd = runlock.locked_dir(out.parent, prefix, ".partial")
     try:
+        atomic.as_umask_allows(stage, directory=True)
         yield stage
+        check_out_dir(out, overwrite)  # another writer may have filled --out meanwhile
+        atomic.replace_dir(stage, out)
+    except OSError as exc:
+        shutil.rmtree(stage, ignore_errors=True)
+        if exc.filename and Path(exc.filename).is_relative_to(stage):  # name the file the user asked for
+            raise OSError(exc.errno, exc.strerror, str(out / Path(exc.filename).relative_to(stage))) from exc
+        raise
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
-    atomic.replace_dir(stage, out)
+    finally:
+        runlock.release(fd)
 
 
 #: The command line of this invocation as the user typed it (set by the CLI's entry point; else ``sys.argv``).

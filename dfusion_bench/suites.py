@@ -130,6 +130,14 @@ class Suite:
             return self.test
         raise UserError(f"unknown split {name!r}; use train or test")
 
+    def prompts(self, split: str, limit: int | None = None) -> list[PromptEntry]:
+        """The first ``limit`` (None: all) prompts of a split that a command samples; an empty split is refused
+        here, before any work, rather than failing deep inside sampling."""
+        entries = list(self.split(split))[:limit]
+        if not entries:
+            raise UserError(f"suite {self.name!r} has no {split} prompts; add some to its {split!r} list")
+        return entries
+
     def to_json(self) -> dict[str, Any]:
         head: dict[str, Any] = {"name": self.name, "description": self.description, "source": self.source}
         return head | {split: [e.to_json() for e in self.split(split)] for split in SPLITS}

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from dfusion_bench import atomic
 from dfusion_bench.errors import UserError
@@ -72,7 +72,7 @@ class Trajectories:
             "seeds": json.dumps(self.seeds),
             "config": json.dumps(asdict(self.config)),
         }
-        return atomic.write_with(path, lambda p: save_file(tensors, str(p), metadata=meta))
+        return atomic.write_safetensors(path, tensors, metadata=meta)  # equal trajectories, equal bytes
 
     @staticmethod
     def load(path: str | Path) -> Trajectories:

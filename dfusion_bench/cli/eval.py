@@ -71,7 +71,7 @@ def run_eval(given: Given) -> None:
     if config.template is None:
         raise UserError("--template is required when evaluating a plain model")
     suite = load_suite(config.template)
-    entries = list(suite.split(config.split))[: config.prompts]
+    entries = suite.prompts(config.split, config.prompts)
     check_out_dir(run.out, run.overwrite)
     model = train_config.model if train_config else config.model
     choice = ModelChoice.check(Path(model) if model else None)

@@ -34,7 +34,7 @@ def run_fuse(given: Given) -> None:
     config: FuseConfig = resolve_paths(build(FuseConfig, given.section("config")))
     run: RunOptions = build(RunOptions, given.section("run"))
     suite = load_suite(config.template)
-    entries = list(suite.split(config.split))[: config.prompts]
+    entries = suite.prompts(config.split, config.prompts)
     check_out_dir(run.out, run.overwrite)
     choice = ModelChoice.check(Path(config.model) if config.model else None)
     dev = pick_device(run.device)
@@ -63,6 +63,12 @@ def run_fuse(given: Given) -> None:
             "dtype": str(dt),
         }
         write_run_info(stage, "fuse", record, {"seed": config.seed, "sample_seeds": seeds}, choice.path)
+    if not manifest["n_triples"]:
+        typer.echo(
+            f"0 triples from {manifest['n_samples']} samples in {run.out}: no reference scored above a base "
+            "(more --samples-per-prompt or --prompts give pairs a chance)"
+        )
+        return
     typer.echo(
         f"{manifest['n_triples']} triples from {manifest['n_samples']} samples in {run.out}; "
         f"target beats base {manifest.get('target_beats_base_rate', float('nan')):.0%}, "

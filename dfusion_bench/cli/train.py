@@ -75,7 +75,9 @@ def run_train(given: Given) -> None:
         config = resumed_config(config, given, out)
     else:
         check_out_dir(out, run.overwrite)
-    load_suite(config.template)  # a bad template fails before the model loads
+    suite = load_suite(config.template)  # a bad or empty suite fails before the model loads
+    for split in dict.fromkeys(("train", *config.eval_splits)):
+        suite.prompts(split, config.prompts)
     pick_device(run.device)
     if run.log_with:
         from dfusion_bench.rl.tracking import check_available

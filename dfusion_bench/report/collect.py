@@ -284,10 +284,20 @@ def read_eval(path: Path) -> Evaluation | None:
     )
 
 
+def is_fuse_manifest(manifest: dict[str, Any]) -> bool:
+    """Whether a manifest is ``dfusion fuse``'s: its format tag, or (older folders) its counts and triples."""
+    tagged = str(manifest.get("format", "")).startswith("dfusion-fuse/")
+    return tagged or (isinstance(manifest.get("triples"), list) and {"n_samples", "n_triples"} <= manifest.keys())
+
+
 def read_fuse(path: Path) -> Fuse | None:
     """A fuse folder, or None (with a warning) when its manifest is unusable."""
     manifest = _read_json(path / "manifest.json")
     if manifest is None:
+        return None
+    if not is_fuse_manifest(manifest):
+        if not str(manifest.get("format", "")).startswith("dfusion-report/"):  # a report folder is no input
+            warn(f"{path}/manifest.json: not written by dfusion fuse (no format, counts or triples); skipped")
         return None
     info = _read_json(path / "run.json") if (path / "run.json").is_file() else None
     config = info.get("config", {}) if info and isinstance(info.get("config"), dict) else {}

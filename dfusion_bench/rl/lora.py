@@ -6,6 +6,7 @@ of the weights in memory.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import torch
 from diffusers import UNet2DConditionModel
 from peft import LoraConfig
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from dfusion_bench import atomic
 from dfusion_bench.errors import UserError
@@ -38,10 +39,14 @@ def add_lora(unet: UNet2DConditionModel, settings: LoraSettings, seed: int) -> l
         target_modules=list(settings.targets),
         lora_dropout=0.0,
     )
-    unet.add_adapter(config)
+    problem = f"no LoRA target among {settings.targets} in this UNet; check --lora-targets"
+    try:
+        unet.add_adapter(config)
+    except ValueError:  # peft refuses targets it cannot find (NoMatchingPeftModuleError) before we could look
+        raise UserError(problem) from None
     params = [p for p in unet.parameters() if p.requires_grad]
     if not params:
-        raise UserError(f"no LoRA target among {settings.targets} in this UNet; check --lora-targets")
+        raise UserError(problem)
     for p in params:  # train adapters in fp32 even when the UNet runs in half precision
         p.data = p.data.float()
     return params
@@ -52,9 +57,18 @@ def lora_state(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:
     return {name: p.detach().cpu().clone() for name, p in unet.named_parameters() if p.requires_grad}
 
 
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of LoRA weights by name and value (float32 bytes): equal weights, equal digest, on any process."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        h.update(name.encode())
+        h.update(state[name].float().numpy().tobytes())
+    return h.hexdigest()
+
+
 def save_lora(unet: UNet2DConditionModel, path: Path) -> Path:
     tensors = {k: v.contiguous() for k, v in lora_state(unet).items()}
-    return atomic.write_with(path, lambda p: save_file(tensors, str(p)))
+    return atomic.write_safetensors(path, tensors)
 
 
 def load_lora(unet: UNet2DConditionModel, path: Path) -> None:

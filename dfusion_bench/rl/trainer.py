@@ -8,10 +8,8 @@ per epoch and per optimizer step is fixed by the configuration, never by the num
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -21,10 +19,10 @@ import numpy as np
 import torch
 from rich.progress import Progress
 
-from dfusion_bench import atomic, imaging
+from dfusion_bench import atomic, imaging, runlock
 from dfusion_bench.devices import pick_dtype, use_cpu
 from dfusion_bench.distributed import Distributor, launch_warning, requested_processes
-from dfusion_bench.errors import UserError
+from dfusion_bench.errors import Interrupted, UserError, write_failure
 from dfusion_bench.evaluation import evaluate, write_grid, write_samples
 from dfusion_bench.models.choice import ModelChoice
 from dfusion_bench.pairs import build_pairs
@@ -33,15 +31,16 @@ from dfusion_bench.rl import checkpoint, tracking
 from dfusion_bench.rl.advantages import PerPromptStats
 from dfusion_bench.rl.config import OptimSettings, TrainConfig
 from dfusion_bench.rl.lora import add_lora, lora_state
+from dfusion_bench.rl.lora import state_digest as _digest
 from dfusion_bench.rl.methods import METHODS, Examples, Method, Policy
 from dfusion_bench.rollout import sample_and_score
-from dfusion_bench.runinfo import write_run_info
+from dfusion_bench.runinfo import check_out_dir, write_run_info
 from dfusion_bench.scorers import make_scorer
 from dfusion_bench.seeding import sample_seeds
 from dfusion_bench.suites import load_suite
 
 METRICS = "metrics.jsonl"
-TRAIN_LOG = "train_log.jsonl"
+TRAIN_LOG = checkpoint.TRAIN_LOG
 
 
 def _truncate_jsonl(path: Path, max_epoch: int) -> None:
@@ -55,16 +54,8 @@ def _truncate_jsonl(path: Path, max_epoch: int) -> None:
         except json.JSONDecodeError:
             continue
         if row.get("epoch", 0) <= max_epoch:
-            keep.append(json.dumps(row))
+            keep.append(atomic.json_line(row))
     atomic.write_text(path, "".join(k + "\n" for k in keep))
-
-
-def _digest(state: dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    for name in sorted(state):
-        h.update(name.encode())
-        h.update(state[name].float().numpy().tobytes())
-    return h.hexdigest()
 
 
 def trained_steps(n_steps: int, optim: OptimSettings) -> tuple[int, int]:
@@ -162,7 +153,7 @@ class Trainer:
 
     def _log(self, name: str, row: dict[str, Any]) -> None:
         if self.dist.is_main:
-            atomic.append_line(self.out / name, json.dumps(row))
+            atomic.append_json(self.out / name, row)  # strict JSON: a NaN loss is logged as null
         if self.accelerator.trackers:  # the same row to the user's trackers (--log-with)
             prefix = f"eval/{row['split']}" if name == METRICS else "train"
             skip = {"epoch", "split", "samples_seen", "wall_time_s", "n"}
@@ -348,13 +339,75 @@ class Trainer:
 
     # ---- entry point ---------------------------------------------------------------------------------------
     def run(self, resume: bool = False, overwrite: bool = False) -> Path:
-        """Train from scratch (``overwrite``: empty a non-empty folder first) or from the latest checkpoint."""
+        """Train from scratch (``overwrite``: empty a non-empty folder first) or from the latest checkpoint.
+
+        The run folder is locked for the whole run (one writer per run); a fresh run that ends before its first
+        checkpoint leaves nothing behind. An interrupt or a failed write ends in one line that names the last
+        complete checkpoint and the command that resumes from it.
+        """
+        self._at: int | None = None
+        with runlock.hold(self.out, self.dist, check=lambda: self._check_start(resume, overwrite)) as created:
+            try:
+                self._run(resume, overwrite)
+            except BaseException as exc:
+                latest = self._keep_or_discard(resume, created)
+                if isinstance(exc, KeyboardInterrupt):
+                    raise Interrupted(f"interrupted {self._where()}; {self._kept(latest, resume)}") from None
+                failure = write_failure(exc, self._kept(latest, resume)) if isinstance(exc, OSError) else None
+                if failure is not None:
+                    raise failure from None
+                raise
+        return self.out
+
+    def _check_start(self, resume: bool, overwrite: bool) -> None:
+        """What must hold before the first write, checked once the folder is locked (another writer may have
+        changed it since the command looked): a fresh run's folder is empty, a resumed run is not cut short."""
+        if not resume:
+            check_out_dir(self.out, overwrite)
+            return
+        latest = checkpoint.latest_epoch(self.out)
+        if latest is None:
+            raise UserError(f"--resume: {self.out} holds no checkpoint yet; start it afresh with --overwrite")
+        if self.cfg.epochs < latest:
+            raise UserError(
+                f"--resume --epochs {self.cfg.epochs}: the run has finished epoch {latest} already; "
+                f"give --epochs {latest} or more, or leave --epochs out"
+            )
+
+    def _keep_or_discard(self, resume: bool, created: bool) -> int | None:
+        """After a failure: the last complete checkpoint's epoch, or None, in which case a fresh run's folder is
+        emptied (and removed with the lock, if the run made it)."""
+        try:
+            latest = checkpoint.latest_epoch(self.out)
+        except UserError:
+            latest = None
+        if latest is None and not resume and self.dist.is_main:
+            try:
+                runlock.discard(self.out)
+            except OSError:  # the failure itself may stop the clean-up (a read-only place); report the failure
+                pass
+        return latest
+
+    def _where(self) -> str:
+        if self._at is None:
+            return "before training started"
+        return "at the first evaluation (epoch 0)" if self._at == 0 else f"at epoch {self._at} of {self.cfg.epochs}"
+
+    def _kept(self, latest: int | None, resume: bool) -> str:
+        """What a failed or interrupted run kept, and how to go on."""
+        if latest is not None:
+            return checkpoint.resume_hint(self.out, latest)
+        if resume:
+            return f"the checkpoints in {self.out / 'checkpoints'} were left as they were"
+        return f"no checkpoint was complete, so nothing was kept in {self.out}; run the same command again"
+
+    def _run(self, resume: bool, overwrite: bool) -> None:
         out = self.out
         start = 1
         if resume:
             latest = checkpoint.latest_epoch(out)
-            if latest is None:
-                raise UserError(f"--resume: {out} holds no checkpoint yet; start it without --resume")
+            if self.dist.is_main:
+                runlock.sweep_held(out)  # what a killed run left half written
             self._restore(latest)
             if self.dist.is_main:
                 _truncate_jsonl(out / METRICS, latest)
@@ -362,9 +415,8 @@ class Trainer:
                 atomic.write_json(out / "config.json", self.cfg.to_dict())  # --epochs may have been raised
             start = latest + 1
         elif self.dist.is_main:
-            if overwrite and out.exists():
-                shutil.rmtree(out)  # only the main process, and only once every process has started
-            out.mkdir(parents=True, exist_ok=True)
+            if overwrite:
+                runlock.discard(out)  # only the main process, and only once every process has started
             atomic.write_json(out / "config.json", self.cfg.to_dict())
             write_run_info(
                 out, "train", self.cfg.to_dict(), {"seed": self.cfg.seed}, self.choice.path, processes=self.dist.world
@@ -374,9 +426,10 @@ class Trainer:
             self.accelerator.init_trackers(out.name, config=tracking.hyperparameters(self.cfg.to_dict()))
         with progress_bar(disable=not self.dist.is_main) as progress:
             if start == 1 and not resume:
+                self._at = 0
                 self._evaluate(0, progress)
                 self._checkpoint(0)
             for epoch in range(start, self.cfg.epochs + 1):
+                self._at = epoch
                 self._epoch(epoch, progress)
         self.accelerator.end_training()
-        return out
