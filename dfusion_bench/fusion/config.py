@@ -27,7 +27,8 @@ class FusionConfig:
 
     Defaults follow the paper's code: self-attention of the mid block and all up blocks; every step but the first
     two (of 20); the cross-attention mask at latent side / 4 (16x16 for SD 2.1-base at 512 px); thresholds from
-    the prompt suite (``auto`` where the suite gives none); references = top quarter, each used twice.
+    the prompt suite (``auto`` where the suite gives none), a position in the mask when its map value is >= the
+    threshold; references = top quarter, each used twice. The reference cache changes the cost, never the numbers.
     """
 
     fuse_layers: tuple[str, ...] = Option(
@@ -57,6 +58,19 @@ class FusionConfig:
         0.25, "Top fraction of each prompt's samples used as references.", gt=0, lt=1, source="D-Fusion code"
     ).field()
     reference_uses: int = Option(2, "Targets (bases) per reference.", ge=1, source="D-Fusion code").field()
+    reference_cache: str = Option(
+        "auto",
+        "Record the references while sampling ('on') or replay them at their stored latents ('off'; one more UNet "
+        "evaluation per reference and fused step); 'auto': record when the records of all samples fit "
+        "--reference-cache-gb. Same numbers either way; the fuse manifest says which ran.",
+        choices=("auto", "on", "off"),
+        source="measured here (benchmarks/bench.py)",
+    ).field()
+    reference_cache_gb: float | None = Option(
+        None,
+        "Memory budget of --reference-cache auto, in GiB. Default: a quarter of the UNet device's total memory.",
+        ge=0,
+    ).field()
 
     def __post_init__(self) -> None:
         pairing = 0 < self.reference_fraction * (1 + self.reference_uses) <= 1
