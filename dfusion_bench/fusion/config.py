@@ -71,6 +71,10 @@ class FusionConfig:
         "Memory budget of --reference-cache auto, in GiB. Default: a quarter of the UNet device's total memory.",
         ge=0,
     ).field()
+    policy_log_probs: bool = True
+    """Recompute the targets' log-probs under the unmodified policy at the fused steps (one UNet evaluation per fused
+    target-step). ddpo's ratio needs them, pg reads them only for its approx-KL diagnostic, dpo never; False leaves
+    them NaN there. A library setting, not a command-line option: which value fits depends on the method."""
 
     def __post_init__(self) -> None:
         pairing = 0 < self.reference_fraction * (1 + self.reference_uses) <= 1

@@ -11,7 +11,7 @@ counting once) and none at the unfused ones, against 3 in the paper's code (refe
 
 The target's log-probabilities under the *unmodified* policy (the fused network is not the policy) are the base's at
 the unfused steps and are recomputed at the fused ones: one more evaluation per fused target-step, reported
-separately.
+separately (``FusionConfig.policy_log_probs`` = False skips it where nothing reads them: dpo and pg).
 """
 
 from __future__ import annotations
@@ -52,9 +52,10 @@ class FusionResult:
     masks: torch.Tensor  # (G, T, h, w) bool: the union mask used at each step
     plan: FusionPlan
     events: list[tuple[int, str]] = field(default_factory=list)  # (step, layer) of every fused call
-    unet_evals: dict[str, int] = field(default_factory=dict)  # images evaluated: reference, target, policy_log_probs
+    unet_evals: dict[str, int] = field(default_factory=dict)  # samples evaluated (a CFG pair once, CPU padding not
+    # counted): reference (replay), target (fused steps), policy_log_probs
     reference_cache: dict[str, Any] = field(default_factory=dict)  # cache or replay, why, sizes (per run)
-    timing: dict[str, float] = field(default_factory=dict)  # targets_s, policy_log_probs_s (this process)
+    timing: dict[str, float] = field(default_factory=dict)  # targets_s, policy_log_probs_s: wall; *_cpu_s: CPU time
 
     def select(self, index: list[int]) -> FusionResult:
         """The targets at ``index`` (events and evaluation counts are per run and are kept as they are)."""
@@ -185,7 +186,7 @@ def fuse_triples(
     controller = FusionController(list(plan.fuse_layers), list(plan.mask_layers), shape[1:])
     max_items = max_items or max(len(items[samples.prompts[t.reference]].items) for t in triples)
     parts, fused_lps, maps, masks, replayed = [], [], [], [], 0
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for start in range(0, len(triples), batch_size):
         chunk = list(triples[start : start + batch_size])
         bases = [t.base for t in chunk]
@@ -212,11 +213,13 @@ def fuse_triples(
         if on_batch is not None:
             on_batch(len(chunk))
     targets = Trajectories.cat(parts)
-    t1 = time.perf_counter()
-    fused = list(plan.fused_steps)
-    policy = recompute_log_probs(pipe, targets, unet=unet, batch_size=batch_size, steps=fused)
+    t1, c1 = time.perf_counter(), time.process_time()
+    n_targets, n_fused = len(targets), len(plan.fused_steps)
+    if config.policy_log_probs:
+        policy = recompute_log_probs(pipe, targets, unet=unet, batch_size=batch_size, steps=list(plan.fused_steps))
+    else:
+        policy = torch.full((n_targets, n_fused), float("nan"))
     targets.log_probs = torch.cat([targets.log_probs[:, :first], policy], dim=1)
-    n_targets = len(targets)
     return FusionResult(
         targets=targets,
         fused_log_probs=torch.cat(fused_lps),
@@ -226,11 +229,16 @@ def fuse_triples(
         events=list(controller.events),
         unet_evals={
             "reference": replayed,
-            "target": n_targets * len(fused),
-            "policy_log_probs": n_targets * len(fused),
+            "target": n_targets * n_fused,
+            "policy_log_probs": n_targets * n_fused if config.policy_log_probs else 0,
         },
-        reference_cache=_cache_summary(references, cached),
-        timing={"targets_s": t1 - t0, "policy_log_probs_s": time.perf_counter() - t1},
+        reference_cache=_cache_summary(references),
+        timing={
+            "targets_s": t1 - t0,
+            "policy_log_probs_s": time.perf_counter() - t1,
+            "targets_cpu_s": c1 - c0,
+            "policy_log_probs_cpu_s": time.process_time() - c1,
+        },
     )
 
 
@@ -252,7 +260,7 @@ def _cached_records(references: ReferenceCache | None, plan: FusionPlan, triples
     return references.records
 
 
-def _cache_summary(references: ReferenceCache | None, cached: ReferenceRecords | None) -> dict[str, Any]:
+def _cache_summary(references: ReferenceCache | None) -> dict[str, Any]:
     if references is None:
         return {"mode": "replay", "reason": "no records from sampling"}
     return references.summary()
