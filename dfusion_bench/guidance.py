@@ -71,7 +71,7 @@ def call_groups(n: int, per_call: int | None) -> list[torch.Tensor]:
     return groups
 
 
-def calls_per_cpu_shape(device: torch.device) -> int | None:
+def samples_per_call(device: torch.device) -> int | None:
     """Samples per UNet call on ``device``: :data:`CPU_CALL_SAMPLES` on a CPU without gradients, else the batch."""
     return CPU_CALL_SAMPLES if device.type == "cpu" and not torch.is_grad_enabled() else None
 
@@ -89,7 +89,7 @@ def guided_output(
     dtype = next(unet.parameters()).dtype  # works for a distributed wrapper too
     n = latents.shape[0]
     outs = []
-    for rows in call_groups(n, calls_per_cpu_shape(latents.device)):
+    for rows in call_groups(n, samples_per_call(latents.device)):
         real = rows[: min(len(rows), n - int(rows[0]))]  # the call's samples, padding left out
         if before_call is not None:
             before_call(real)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import torch
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
-from dfusion_bench.guidance import TextConditioning, call_groups, calls_per_cpu_shape, encode_text, guided_output
+from dfusion_bench.guidance import TextConditioning, call_groups, encode_text, guided_output, samples_per_call
 from dfusion_bench.logprob import ddim_step, prev_timestep_of, require_stochastic
 from dfusion_bench.settings import SamplerConfig
 from dfusion_bench.trajectories import Trajectories
@@ -45,7 +45,7 @@ def decode(pipe: StableDiffusionPipeline, latents: torch.Tensor) -> torch.Tensor
     """Images in [0, 1], float32 on CPU, from final latents (on a CPU in calls of one shape, as the UNet's)."""
     vae, n = pipe.vae, latents.shape[0]
     parts = []
-    for rows in call_groups(n, calls_per_cpu_shape(pipe.device)):
+    for rows in call_groups(n, samples_per_call(pipe.device)):
         z = latents[rows].to(pipe.device, vae.dtype) / vae.config.scaling_factor
         parts.append(vae.decode(z).sample[: min(len(rows), n - int(rows[0]))])
     x = torch.cat(parts)

@@ -54,7 +54,9 @@ class FusionController:
         self._masks: torch.Tensor | None = None
 
     # ---- what the next call is -----------------------------------------------------------------------------
-    def record(self, step: int, records: ReferenceRecords, samples: list[int], tokens: dict[int, list[list[int]]]):
+    def record(
+        self, step: int, records: ReferenceRecords, samples: list[int], tokens: dict[int, list[list[int]]]
+    ) -> None:
         """Record the next UNet call into ``records``; ``tokens[s][i]`` = token positions of item i of sample s."""
         self.mode, self.step, self._records, self._samples, self._tokens = "record", step, records, samples, tokens
 
