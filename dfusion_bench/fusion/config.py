@@ -49,7 +49,8 @@ class FusionConfig:
     ).field()
     threshold: str = Option(
         "suite",
-        "Mask thresholds: 'suite' (per item, from the suite; auto where missing), 'auto' (Otsu), or a number.",
+        "Mask thresholds: 'suite' (per item, from the suite; auto where missing), 'auto' (Otsu), or a number (a "
+        "cell is in the mask when its map value is >= it).",
         rule=_threshold_problem,
         domain_text="suite, auto, or in [0, 1]",
         source="D-Fusion code",
