@@ -86,7 +86,8 @@ class FusionController:
         maps = []
         for j, s in enumerate(self._samples):
             items = self._tokens[s]
-            maps.append(torch.stack([probs[j, :, positions].sum(dim=-1).reshape(h, w) for positions in items]))
+            per_item = [probs[j, :, positions].sum(dim=-1).reshape(h, w) for positions in items]
+            maps.append(torch.stack(per_item) if per_item else probs.new_zeros(0, h, w))
         self._records.add_maps(self.step, self._samples, maps)
 
     # ---- fuse mode -----------------------------------------------------------------------------------------
