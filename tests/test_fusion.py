@@ -146,7 +146,7 @@ def test_targets_carry_policy_log_probs_and_replay_costs_a_reference_per_fused_s
     assert result.evals_per_target_step() == pytest.approx(12 / 12)
     assert result.reference_cache["mode"] == "replay"
     assert result.masks[:, :2].sum() == 0 and result.masks[:, 2:].all()  # threshold 0 on "woolen": whole image
-    config = FusionConfig(policy_log_probs=False)  # for methods that never read them (dpo, pg)
+    config = FusionConfig(policy_log_probs=False)  # for methods whose loss never reads them (dpo, pg)
     lean = fuse_triples(tiny_pipe, samples, [Triple(0, 2), Triple(0, 3)], _items((0.0, None)), config)
     assert torch.equal(lean.targets.latents, result.targets.latents) and lean.unet_evals["policy_log_probs"] == 0
     assert torch.equal(lean.targets.log_probs[:, :2], policy[:, :2]) and lean.targets.log_probs[:, 2:].isnan().all()

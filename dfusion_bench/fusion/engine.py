@@ -11,7 +11,7 @@ counting once) and none at the unfused ones, against 3 in the paper's code (refe
 
 The target's log-probabilities under the *unmodified* policy (the fused network is not the policy) are the base's at
 the unfused steps and are recomputed at the fused ones: one more evaluation per fused target-step, reported
-separately (``FusionConfig.policy_log_probs`` = False skips it where nothing reads them: dpo and pg).
+separately (``FusionConfig.policy_log_probs`` = False skips it: only ddpo's ratio needs them).
 """
 
 from __future__ import annotations
