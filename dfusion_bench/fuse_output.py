@@ -3,7 +3,8 @@
 Layout::
 
     run.json                  resolved configuration, package versions, seeds, command line
-    manifest.json             counts, fusion plan, UNet-evaluation figures, one record per triple
+    manifest.json             counts, fusion plan, UNet-evaluation figures, reference cache or replay, one record per
+                              triple
     samples.csv               one row per sample: id, prompt, seed, score, aligned, facts, rank, role
     triples.csv               one row per triple: reference, base, target ids, scores and facts
     samples.safetensors       every sample's trajectory (latents x_T..x_0, timesteps, log-probs, image)
@@ -133,6 +134,8 @@ def write(out: Path, pairs: Pairs, extra_manifest: dict[str, Any]) -> dict[str, 
                     "fused_steps": list(f.plan.fused_steps),
                 },
                 "fused_calls": len(f.events),
+                "reference_cache": f.reference_cache,  # cache or replay, why, estimated and measured bytes
+                "fusion_timing": f.timing,  # targets_s, policy_log_probs_s
             }
         )
         if pairs.target_scores is not None:

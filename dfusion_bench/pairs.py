@@ -54,8 +54,12 @@ def build_pairs(
     progress: Progress | None = None,
     dist: Distributor = SINGLE,
 ) -> Pairs:
-    """Rank and pair the samples; with ``fuse``, also denoise and score a D-Fusion target per triple."""
+    """Rank and pair the samples; with ``fuse``, also denoise and score a D-Fusion target per triple (reading, then
+    freeing, the references' records when sampling cached them)."""
     triples = select_triples(samples.groups, samples.scores.scores, fusion.reference_fraction, fusion.reference_uses)
+    cache = samples.references
+    if cache is not None:
+        cache.keep({t.reference for t in triples} if fuse else set())
     if not fuse or not triples:
         return Pairs(samples, triples)
     items = {e.prompt: e for e in samples.entries}
@@ -66,11 +70,13 @@ def build_pairs(
     result = (
         fuse_triples(
             pipe, samples.trajectories, local, items, fusion, batch_size, unet=unet, on_batch=advance,
-            max_items=max_items,
+            max_items=max_items, references=cache,
         )
         if local
         else None
     )  # fmt: skip
+    if cache is not None:
+        cache.release()
     t1 = time.perf_counter()
     local_scores = score_trajectories(scorer, result.targets) if result is not None else None
     timing = {"fusion_s": t1 - t0, "scoring_s": time.perf_counter() - t1}

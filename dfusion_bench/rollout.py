@@ -15,6 +15,8 @@ from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from rich.progress import Progress
 
 from dfusion_bench.distributed import SINGLE, Distributor
+from dfusion_bench.fusion.cache import ReferenceCache, recording
+from dfusion_bench.fusion.config import FusionConfig
 from dfusion_bench.progress import advance_callback
 from dfusion_bench.sampling import sample
 from dfusion_bench.scorers.base import Scorer, Scores
@@ -32,6 +34,7 @@ class ScoredSamples:
     scores: Scores
     groups: list[list[int]]  # sample indices of each entry
     timing: dict[str, float] = field(default_factory=dict)  # sampling_s, scoring_s (this process)
+    references: ReferenceCache | None = None  # what sampling recorded for fusion (build_pairs consumes it)
 
     def prompt_index(self) -> np.ndarray:
         out = np.zeros(len(self.trajectories), dtype=int)
@@ -69,16 +72,22 @@ def sample_and_score(
     progress: Progress | None = None,
     label: str = "sampling",
     dist: Distributor = SINGLE,
+    fusion: FusionConfig | None = None,
 ) -> ScoredSamples:
-    """``seeds[p][k]`` is the seed of sample k of entry p; with several processes each samples its share."""
+    """``seeds[p][k]`` is the seed of sample k of entry p; with several processes each samples its share.
+
+    ``fusion``: the settings of the fusion that will follow, so that sampling records the references' data for it
+    (the reference cache; it never changes the samples)."""
     work = [(e.prompt, s) for e, row in zip(entries, seeds, strict=True) for s in row]
     local = dist.shard(work)
     advance = advance_callback(progress, label, len(local))
+    prompts, items = [w[0] for w in local], {e.prompt: e for e in entries}
     t0 = time.perf_counter()
     records: list[tuple[Trajectories, Scores]] = []  # a process whose share is empty samples nothing
-    if local:
-        prompts, local_seeds = [w[0] for w in local], [w[1] for w in local]
-        traj = sample(pipe, prompts, local_seeds, sampler, batch_size, unet=unet, on_batch=advance)
+    with recording(pipe, unet, fusion, items, prompts, sampler.num_steps, dist.world) as rec:
+        if local:
+            traj = sample(pipe, prompts, [w[1] for w in local], sampler, batch_size, unet=unet, on_batch=advance,
+                          before_call=rec.before_call)  # fmt: skip
     t1 = time.perf_counter()
     if local:
         records = _split(traj, score_trajectories(scorer, traj))
@@ -88,4 +97,4 @@ def sample_and_score(
     for row in seeds:
         groups.append(list(range(start, start + len(row))))
         start += len(row)
-    return ScoredSamples(entries, traj, scores, groups, timing)
+    return ScoredSamples(entries, traj, scores, groups, timing, rec.cache)

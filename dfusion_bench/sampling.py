@@ -13,13 +13,15 @@ from collections.abc import Callable, Sequence
 import torch
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
-from dfusion_bench.guidance import TextConditioning, encode_text, guided_output
+from dfusion_bench.guidance import TextConditioning, call_groups, encode_text, guided_output, samples_per_call
 from dfusion_bench.logprob import ddim_step, prev_timestep_of, require_stochastic
 from dfusion_bench.settings import SamplerConfig
 from dfusion_bench.trajectories import Trajectories
 
-#: Called after each denoising step with the step index (0 = noisiest); used by fusion to advance its controller.
+#: Called before each denoising step with the step index (0 = noisiest); used by fusion to advance its controller.
 StepHook = Callable[[int], None]
+#: Called before each UNet call of a chain with the step index and the indices of the samples the call evaluates.
+StepCallHook = Callable[[int, torch.Tensor], None]
 
 
 def latent_shape(pipe: StableDiffusionPipeline) -> tuple[int, int, int]:
@@ -40,9 +42,13 @@ def timesteps_for(pipe: StableDiffusionPipeline, num_steps: int) -> torch.Tensor
 
 @torch.no_grad()
 def decode(pipe: StableDiffusionPipeline, latents: torch.Tensor) -> torch.Tensor:
-    """Images in [0, 1], float32 on CPU, from final latents."""
-    vae = pipe.vae
-    x = vae.decode(latents.to(pipe.device, vae.dtype) / vae.config.scaling_factor).sample
+    """Images in [0, 1], float32 on CPU, from final latents (on a CPU in calls of one shape, as the UNet's)."""
+    vae, n = pipe.vae, latents.shape[0]
+    parts = []
+    for rows in call_groups(n, samples_per_call(pipe.device)):
+        z = latents[rows].to(pipe.device, vae.dtype) / vae.config.scaling_factor
+        parts.append(vae.decode(z).sample[: min(len(rows), n - int(rows[0]))])
+    x = torch.cat(parts)
     return ((x.float() + 1) / 2).clamp(0, 1).cpu()
 
 
@@ -55,16 +61,26 @@ def denoise(
     config: SamplerConfig,
     unet: UNet2DConditionModel | None = None,
     before_step: StepHook | None = None,
+    before_call: StepCallHook | None = None,
+    start: tuple[int, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run the DDIM chain from noise streams (B, T + 1, C, h, w); return latents (B, T + 1, ...) and log-probs."""
+    """Run the DDIM chain from noise streams (B, T + 1, C, h, w); return latents (B, T + 1, ...) and log-probs (B, T).
+
+    ``start = (s, x_s)`` continues a chain from step s with latents x_s (B, C, h, w) instead of drawing x_T: then the
+    latents returned are x_s ... x_0 (B, T + 1 - s, ...) and the log-probs those of steps s .. T - 1.
+    """
     unet = unet or pipe.unet
     device = pipe.device
-    x = noises[:, 0].to(device) * pipe.scheduler.init_noise_sigma
+    first, x = (0, noises[:, 0].to(device) * pipe.scheduler.init_noise_sigma) if start is None else start
+    x = x.to(device)
     latents, log_probs = [x.float().cpu()], []
     for i, t in enumerate(timesteps.tolist()):
+        if i < first:
+            continue
         if before_step is not None:
             before_step(i)
-        eps = guided_output(unet, x, t, text, config.guidance_scale)
+        on_call = None if before_call is None else (lambda rows, i=i: before_call(i, rows))
+        eps = guided_output(unet, x, t, text, config.guidance_scale, before_call=on_call)
         x, logp = ddim_step(
             pipe.scheduler,
             eps,
@@ -76,7 +92,8 @@ def denoise(
         )
         latents.append(x.cpu())
         log_probs.append(logp.cpu())
-    return torch.stack(latents, dim=1), torch.stack(log_probs, dim=1)
+    lps = torch.stack(log_probs, dim=1) if log_probs else torch.zeros(x.shape[0], 0)
+    return torch.stack(latents, dim=1), lps
 
 
 def sample(
@@ -87,8 +104,12 @@ def sample(
     batch_size: int = 16,
     unet: UNet2DConditionModel | None = None,
     on_batch: Callable[[int], None] | None = None,
+    before_call: StepCallHook | None = None,
 ) -> Trajectories:
-    """Sample one trajectory per (prompt, seed); ``on_batch(n)`` reports progress after each batch of n samples."""
+    """Sample one trajectory per (prompt, seed); ``on_batch(n)`` reports progress after each batch of n samples.
+
+    ``before_call(step, index)`` runs before each UNet call with the indices, in ``prompts``, of the samples it
+    evaluates (fusion records references with it)."""
     if len(prompts) != len(seeds):
         raise ValueError("one seed per prompt")
     require_stochastic(config.eta)
@@ -99,7 +120,8 @@ def sample(
         chunk_prompts, chunk_seeds = prompts[start : start + batch_size], seeds[start : start + batch_size]
         noises = torch.stack([noise_stream(s, shape, config.num_steps) for s in chunk_seeds])
         text = encode_text(pipe, chunk_prompts)
-        latents, log_probs = denoise(pipe, text, noises, timesteps, config, unet=unet)
+        on_call = None if before_call is None else (lambda i, rows, start=start: before_call(i, rows + start))
+        latents, log_probs = denoise(pipe, text, noises, timesteps, config, unet=unet, before_call=on_call)
         images = decode(pipe, latents[:, -1])
         parts.append(Trajectories(chunk_prompts, list(chunk_seeds), timesteps, latents, log_probs, images, config))
         if on_batch is not None:
@@ -112,23 +134,19 @@ def recompute_log_probs(
     traj: Trajectories,
     unet: UNet2DConditionModel | None = None,
     batch_size: int = 16,
+    steps: list[int] | None = None,
 ) -> torch.Tensor:
-    """Per-step log-probs (B, T) of stored trajectories under ``unet`` (default: the pipeline's), without gradients."""
+    """Per-step log-probs (B, len(steps)) of stored trajectories under ``unet`` (default: the pipeline's), without
+    gradients; ``steps`` default to all (B, T)."""
     unet = unet or pipe.unet
+    steps = list(range(len(traj.timesteps))) if steps is None else steps
     out = []
     for start in range(0, len(traj), batch_size):
         part = traj.select(list(range(start, min(start + batch_size, len(traj)))))
         text = encode_text(pipe, part.prompts)
         with torch.no_grad():
-            out.append(
-                torch.stack(
-                    [
-                        transition(pipe, unet, text, part.latents, part.timesteps, i, part.config)[1].cpu()
-                        for i in range(len(part.timesteps))
-                    ],
-                    dim=1,
-                )
-            )
+            per_step = [transition(pipe, unet, text, part.latents, part.timesteps, i, part.config)[1] for i in steps]
+        out.append(torch.stack(per_step, dim=1).cpu() if per_step else torch.zeros(len(part), 0))
     return torch.cat(out)
 
 

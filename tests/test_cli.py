@@ -80,7 +80,8 @@ def test_fuse_writes_a_loadable_folder(tmp_path, tiny_dir) -> None:
         assert exc.code in (0, None)
     loaded = fuse_output.load(out)
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["unet_evals_per_target_step"] <= 2
+    assert manifest["unet_evals_per_target_step"] <= 1  # the cache: the target pass only, at fused steps only
+    assert manifest["reference_cache"]["mode"] == "cache" and manifest["reference_cache"]["kept_bytes"] > 0
     assert loaded.targets is not None and len(loaded.targets) == len(loaded.triples) == manifest["n_triples"] > 0
     assert loaded.masks.shape[:2] == (len(loaded.triples), 3)
     assert len(list((out / "images" / "triples").glob("*.png"))) == len(loaded.triples)

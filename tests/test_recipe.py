@@ -136,8 +136,11 @@ def test_micro_batches_accumulate_to_the_same_step(tmp_path, tiny_dir) -> None:
     as one pass over all 8 does (up to float summation order)."""
     whole = _lora_after(tmp_path, tiny_dir, "whole", "--micro-batch-size", "8")
     parts = _lora_after(tmp_path, tiny_dir, "parts", "--micro-batch-size", "2")
+    # Adam's first step is lr * g / (|g| + eps): where a gradient is within a few eps (1e-8) of zero, summation order
+    # moves it by a visible part of lr (measured: one lora_B element of 128 with |g| ~ 7e-8 differs by 2.5e-6, 0.85%
+    # of lr 3e-4, after a change of the sampled data at float-noise level; the other elements by < 3e-7).
     for name in whole:
-        assert torch.allclose(whole[name], parts[name], atol=1e-6), name
+        assert torch.allclose(whole[name], parts[name], atol=1e-5), name
 
 
 def test_ddpo_logs_diagnostics_and_group_advantages(tmp_path, tiny_dir, monkeypatch) -> None:

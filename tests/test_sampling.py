@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from dfusion_bench.guidance import call_groups
 from dfusion_bench.sampling import noise_stream, sample
 from dfusion_bench.settings import SamplerConfig
 from dfusion_bench.trajectories import Trajectories
@@ -15,10 +16,18 @@ def test_sample_alone_equals_sample_in_batch(tiny_pipe) -> None:
     prompts = ["a cat eating a sandwich", "a black and woolen bus", "a dog"]
     batch = sample(tiny_pipe, prompts, [11, 12, 13], CFG)
     alone = sample(tiny_pipe, [prompts[1]], [12], CFG)
-    assert torch.equal(batch.latents[1, 0], alone.latents[0, 0])  # same initial noise, bit for bit
-    scale = batch.latents[1].abs().amax(dim=(1, 2, 3), keepdim=True).clamp(min=1.0)
-    assert ((batch.latents[1] - alone.latents[0]).abs() / scale).max() < 1e-5
-    assert (batch.log_probs[1] - alone.log_probs[0]).abs().max() < 1e-5
+    assert torch.equal(batch.latents[1], alone.latents[0])  # bit for bit: one UNet call shape on a CPU
+    assert torch.equal(batch.log_probs[1], alone.log_probs[0])
+    # batches of 10 and 2: UNet calls of 4, 4, 2 + 2 padding, then 2 + 2 padding; sample 10 is the second batch's first
+    many = sample(tiny_pipe, prompts * 4, [11, 12, 13] * 4, CFG, batch_size=10)
+    assert torch.equal(many.latents[10], alone.latents[0]) and torch.equal(many.images[10], alone.images[0])
+    assert torch.equal(many.latents[4], alone.latents[0])  # the first batch's second call
+
+
+def test_call_groups_pad_the_last_call() -> None:
+    assert [g.tolist() for g in call_groups(5, 2)] == [[0, 1], [2, 3], [4, 4]]
+    assert [g.tolist() for g in call_groups(5, None)] == [[0, 1, 2, 3, 4]]
+    assert [g.tolist() for g in call_groups(4, 4)] == [[0, 1, 2, 3]]
 
 
 def test_different_seeds_differ(tiny_pipe) -> None:

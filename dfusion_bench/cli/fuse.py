@@ -46,7 +46,9 @@ def run_fuse(given: Given) -> None:
     batch = config.batch_size
     with staged_dir(run.out, run.overwrite) as stage, progress_bar() as progress:
         t0 = time.perf_counter()
-        samples = sample_and_score(pipe, score_fn, entries, seeds, config.sampler, batch, progress=progress)
+        samples = sample_and_score(
+            pipe, score_fn, entries, seeds, config.sampler, batch, progress=progress, fusion=config.fusion
+        )
         t1 = time.perf_counter()
         pairs = build_pairs(pipe, score_fn, samples, config.fusion, fuse=True, batch_size=batch, progress=progress)
         t2 = time.perf_counter()
@@ -72,7 +74,8 @@ def run_fuse(given: Given) -> None:
     typer.echo(
         f"{manifest['n_triples']} triples from {manifest['n_samples']} samples in {run.out}; "
         f"target beats base {manifest.get('target_beats_base_rate', float('nan')):.0%}, "
-        f"{manifest.get('unet_evals_per_target_step', float('nan')):.2f} UNet evals per target-step"
+        f"{manifest.get('unet_evals_per_target_step', float('nan')):.2f} UNet evals per target-step "
+        f"(references: {manifest.get('reference_cache', {}).get('mode', 'none')})"
     )
     rates = manifest.get("fact_rates", {})
     if "target" in rates:

@@ -27,7 +27,8 @@ class FusionConfig:
 
     Defaults follow the paper's code: self-attention of the mid block and all up blocks; every step but the first
     two (of 20); the cross-attention mask at latent side / 4 (16x16 for SD 2.1-base at 512 px); thresholds from
-    the prompt suite (``auto`` where the suite gives none); references = top quarter, each used twice.
+    the prompt suite (``auto`` where the suite gives none), a position in the mask when its map value is >= the
+    threshold; references = top quarter, each used twice. The reference cache changes the cost, never the numbers.
     """
 
     fuse_layers: tuple[str, ...] = Option(
@@ -48,7 +49,8 @@ class FusionConfig:
     ).field()
     threshold: str = Option(
         "suite",
-        "Mask thresholds: 'suite' (per item, from the suite; auto where missing), 'auto' (Otsu), or a number.",
+        "Mask thresholds: 'suite' (per item, from the suite; auto where missing), 'auto' (Otsu), or a number (a "
+        "cell is in the mask when its map value is >= it).",
         rule=_threshold_problem,
         domain_text="suite, auto, or in [0, 1]",
         source="D-Fusion code",
@@ -57,6 +59,23 @@ class FusionConfig:
         0.25, "Top fraction of each prompt's samples used as references.", gt=0, lt=1, source="D-Fusion code"
     ).field()
     reference_uses: int = Option(2, "Targets (bases) per reference.", ge=1, source="D-Fusion code").field()
+    reference_cache: str = Option(
+        "auto",
+        "Record the references while sampling ('on') or replay them at their stored latents ('off'; one more UNet "
+        "evaluation per reference and fused step); 'auto': record when the records of all samples fit "
+        "--reference-cache-gb. Same numbers either way; the fuse manifest says which ran.",
+        choices=("auto", "on", "off"),
+        source="measured here (benchmarks/bench.py)",
+    ).field()
+    reference_cache_gb: float | None = Option(
+        None,
+        "Memory budget of --reference-cache auto, in GiB. Default: a quarter of the UNet device's total memory.",
+        ge=0,
+    ).field()
+    policy_log_probs: bool = True
+    """Recompute the targets' log-probs under the unmodified policy at the fused steps (one UNet evaluation per fused
+    target-step). ddpo's ratio needs them, pg reads them only for its approx-KL diagnostic, dpo never; False leaves
+    them NaN there. A library setting, not a command-line option: which value fits depends on the method."""
 
     def __post_init__(self) -> None:
         pairing = 0 < self.reference_fraction * (1 + self.reference_uses) <= 1

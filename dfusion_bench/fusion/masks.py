@@ -2,11 +2,13 @@
 
 An item's map is the probability that a query position attends to the item's tokens (summed over a multi-token
 word's tokens), averaged over the chosen cross-attention layers and over heads — values are small probabilities, as
-the softmax runs over every text token. A position joins the item's mask when its value exceeds the item's threshold.
+the softmax runs over every text token. A position joins the item's mask when its value reaches the item's numeric
+threshold, ``value >= threshold`` (the rule of the paper's code; an exact tie counts as attended).
 
 ``auto`` threshold (no hand tuning): Otsu's method on the item's map, the cut between the map's values that maximises
 the between-class variance of "attended" and "not attended" positions. It is invariant to the map's scale, so it
-transfers across models and prompt lengths, and a map of one constant value gives an empty mask.
+transfers across models and prompt lengths, and a map of one constant value gives an empty mask. It keeps its own
+rule, ``value > cut``: the cut is the top of the low class, so a value equal to it is not attended.
 """
 
 from __future__ import annotations
@@ -35,13 +37,13 @@ def otsu_threshold(values: torch.Tensor) -> float:
 
 
 def binarize(maps: torch.Tensor, thresholds: list[float | None]) -> torch.Tensor:
-    """Per-item masks (items, h, w) from maps (items, h, w): ``map > threshold`` (Otsu's where it is None)."""
+    """Per-item masks (items, h, w) from maps (items, h, w): ``map >= threshold``, or ``map > cut`` with Otsu's cut
+    where the threshold is None."""
     if maps.shape[0] != len(thresholds):
         raise ValueError(f"{maps.shape[0]} maps but {len(thresholds)} thresholds")
     out = torch.zeros_like(maps, dtype=torch.bool)
     for i, thr in enumerate(thresholds):
-        cut = otsu_threshold(maps[i]) if thr is AUTO else float(thr)
-        out[i] = maps[i] > cut
+        out[i] = (maps[i] > otsu_threshold(maps[i])) if thr is AUTO else (maps[i] >= float(thr))
     return out
 
 

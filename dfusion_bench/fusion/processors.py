@@ -8,12 +8,14 @@ therefore never re-implements attention: it hands the blended states to the laye
 ``encoder_hidden_states``, and with an all-zero mask the computation is the unmodified one, bit for bit.
 
 One :class:`FusionController` is consulted by every wrapped processor, keyed by the processor's name (never by call
-order). It runs in one of three modes:
+order). Before each UNet call it is told what the call is; the call's first k rows of each CFG half are its samples
+(on a CPU a call is padded to a fixed size, see :mod:`dfusion_bench.guidance`, and the padding rows are left alone):
 
-- ``record`` (the reference pass; batch ``[uncond refs; cond refs]``): fused layers keep the references' input
-  hidden states; mask layers accumulate the conditional half's cross-attention probabilities of each item's tokens;
-- ``fuse`` (the target pass; batch ``[uncond targets; cond targets]``): fused layers blend in the reference states,
-  for both CFG halves, with each target's mask resized (nearest) to the layer's grid;
+- ``record`` (samples: their keys in a :class:`~dfusion_bench.fusion.records.ReferenceRecords`): fused layers add the
+  samples' input hidden states of both halves to the records; mask layers add the conditional half's cross-attention
+  probabilities of each item's tokens (computed over the whole call, so that the numbers do not depend on k);
+- ``fuse`` (samples: targets, each with its reference's key and its mask at this step): fused layers blend in the
+  reference's recorded states, for both CFG halves, with the target's mask resized (nearest) to the layer's grid;
 - ``off``: every processor behaves exactly as the original.
 """
 
@@ -27,6 +29,7 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from dfusion_bench.fusion.masks import resize_mask
+from dfusion_bench.fusion.records import ReferenceRecords
 
 
 def layer_grid(n_tokens: int, latent_hw: tuple[int, int]) -> tuple[int, int]:
@@ -36,7 +39,7 @@ def layer_grid(n_tokens: int, latent_hw: tuple[int, int]) -> tuple[int, int]:
 
 
 class FusionController:
-    """Shared state of one fused denoising run."""
+    """Shared state of fused or recording UNet calls."""
 
     def __init__(self, fuse_layers: list[str], mask_layers: list[str], latent_hw: tuple[int, int]):
         self.fuse_layers = frozenset(fuse_layers)
@@ -45,70 +48,59 @@ class FusionController:
         self.mode = "off"
         self.step = -1
         self.events: list[tuple[int, str]] = []  # (step, layer) of every fused call
-        self._saved: dict[str, torch.Tensor] = {}
-        self._tokens: list[list[list[int]]] = []
-        self._map_sum: torch.Tensor | None = None
-        self._map_layers: set[str] = set()
+        self._records: ReferenceRecords | None = None
+        self._samples: list[int] = []
+        self._tokens: dict[int, list[list[int]]] = {}
         self._masks: torch.Tensor | None = None
-        self._target_ref: torch.Tensor | None = None
 
-    # ---- reference pass -------------------------------------------------------------------------------------
-    def begin_record(self, step: int, item_tokens: list[list[list[int]]]) -> None:
-        """Record the references of the next UNet call; ``item_tokens[r][i]`` = token positions of item i of ref r."""
-        self.mode, self.step = "record", step
-        self._saved, self._tokens, self._map_sum, self._map_layers = {}, item_tokens, None, set()
+    # ---- what the next call is -----------------------------------------------------------------------------
+    def record(
+        self, step: int, records: ReferenceRecords, samples: list[int], tokens: dict[int, list[list[int]]]
+    ) -> None:
+        """Record the next UNet call into ``records``; ``tokens[s][i]`` = token positions of item i of sample s."""
+        self.mode, self.step, self._records, self._samples, self._tokens = "record", step, records, samples, tokens
 
-    def finish_record(self) -> torch.Tensor:
-        """Cross-attention maps (R, max_items, h, w) averaged over the mask layers; unused item slots are zero."""
-        if self._map_sum is None:
-            raise RuntimeError("no cross-attention mask layer ran during the reference pass")
-        maps = self._map_sum / len(self._map_layers)
-        self.mode = "off"
-        return maps
+    def fuse(self, step: int, records: ReferenceRecords, references: list[int], masks: torch.Tensor) -> None:
+        """Fuse the next UNet call: its k-th target takes ``references[k]``'s states inside ``masks[k]`` (h, w)."""
+        self.mode, self.step, self._records, self._samples, self._masks = "fuse", step, records, references, masks
 
-    def _record_cross(self, name: str, attn, hidden: torch.Tensor, context: torch.Tensor) -> None:
-        n_refs = len(self._tokens)
-        hidden, context = hidden[n_refs:], context[n_refs:]  # conditional half
+    def off(self) -> None:
+        self.mode, self._records, self._samples, self._masks = "off", None, [], None
+
+    # ---- record mode ---------------------------------------------------------------------------------------
+    def _record_states(self, name: str, hidden: torch.Tensor) -> None:
+        half, k = hidden.shape[0] // 2, len(self._samples)
+        hidden = hidden.detach()
+        self._records.add_states(name, self.step, self._samples, hidden[:k], hidden[half : half + k])
+
+    def _record_cross(self, attn, hidden: torch.Tensor, context: torch.Tensor) -> None:
+        half = hidden.shape[0] // 2
+        hidden, context = hidden[half:], context[half:]  # conditional half, the whole call (padding included)
         if attn.norm_cross:
             context = attn.norm_encoder_hidden_states(context)
         query = attn.head_to_batch_dim(attn.to_q(hidden))
         key = attn.head_to_batch_dim(attn.to_k(context))
-        probs = attn.get_attention_scores(query, key, None).float()  # (R * heads, N, L)
-        probs = probs.reshape(n_refs, attn.heads, *probs.shape[1:]).mean(dim=1)  # (R, N, L)
+        probs = attn.get_attention_scores(query, key, None).float()  # (rows * heads, N, L)
+        probs = probs.reshape(half, attn.heads, *probs.shape[1:]).mean(dim=1)  # (rows, N, L)
         h, w = layer_grid(probs.shape[1], self.latent_hw)
-        max_items = max(len(items) for items in self._tokens)
-        maps = torch.zeros(n_refs, max_items, h, w, device=probs.device)
-        for r, items in enumerate(self._tokens):
-            for i, positions in enumerate(items):
-                maps[r, i] = probs[r, :, positions].sum(dim=-1).reshape(h, w)
-        if self._map_sum is None:
-            self._map_sum = maps
-        elif self._map_sum.shape == maps.shape:
-            self._map_sum = self._map_sum + maps
-        else:
-            raise RuntimeError(f"mask layer {name} runs at {h}x{w}, unlike the other mask layers")
-        self._map_layers.add(name)
+        maps = []
+        for j, s in enumerate(self._samples):
+            items = self._tokens[s]
+            per_item = [probs[j, :, positions].sum(dim=-1).reshape(h, w) for positions in items]
+            maps.append(torch.stack(per_item) if per_item else probs.new_zeros(0, h, w))
+        self._records.add_maps(self.step, self._samples, maps)
 
-    # ---- target pass ----------------------------------------------------------------------------------------
-    def begin_fuse(self, step: int, masks: torch.Tensor, target_ref: torch.Tensor) -> None:
-        """Fuse the next UNet call: target g takes reference ``target_ref[g]``'s states inside ``masks[g]`` (h, w)."""
-        self.mode, self.step = "fuse", step
-        self._masks, self._target_ref = masks, target_ref
-
+    # ---- fuse mode -----------------------------------------------------------------------------------------
     def _blend(self, name: str, hidden: torch.Tensor) -> torch.Tensor:
-        ref_states = self._saved[name]
-        n_refs, n_targets = ref_states.shape[0] // 2, hidden.shape[0] // 2
-        ref_of = self._target_ref.to(hidden.device)
-        rows = torch.cat([ref_of, ref_of + n_refs])  # same CFG half of the target's reference
+        """The key/value input of a fused call: M h_ref + (1 - M) h_tgt on the targets' rows, h elsewhere."""
+        half, k = hidden.shape[0] // 2, len(self._samples)
+        ref = self._records.states(name, self.step, self._samples).to(hidden.dtype)  # (k, 2, N, C)
         h, w = layer_grid(hidden.shape[1], self.latent_hw)
-        mask = resize_mask(self._masks.to(hidden.device), h, w).reshape(n_targets, h * w, 1)
-        mask = torch.cat([mask, mask]).to(hidden.dtype)
+        mask = resize_mask(self._masks.to(hidden.device), h, w).reshape(k, h * w, 1).to(hidden.dtype)
+        uncond = mask * ref[:, 0] + (1 - mask) * hidden[:k]
+        cond = mask * ref[:, 1] + (1 - mask) * hidden[half : half + k]
         self.events.append((self.step, name))
-        return mask * ref_states[rows] + (1 - mask) * hidden
-
-    def off(self) -> None:
-        self.mode = "off"
-        self._saved, self._masks = {}, None
+        return torch.cat([uncond, hidden[k:half], cond, hidden[half + k :]])
 
 
 class DFusionAttnProcessor:
@@ -121,9 +113,9 @@ class DFusionAttnProcessor:
         c, name = self.controller, self.name
         if c.mode == "record":
             if name in c.fuse_layers:
-                c._saved[name] = hidden_states.detach()
+                c._record_states(name, hidden_states)
             if name in c.mask_layers and encoder_hidden_states is not None:
-                c._record_cross(name, attn, hidden_states, encoder_hidden_states)
+                c._record_cross(attn, hidden_states, encoder_hidden_states)
         elif c.mode == "fuse" and name in c.fuse_layers:
             if hidden_states.ndim != 3:
                 raise RuntimeError(f"{name}: fusion expects (batch, tokens, channels) hidden states")

@@ -286,6 +286,7 @@ class Trainer:
                 progress=progress,
                 label=f"epoch {epoch}: sampling",
                 dist=self.dist,
+                fusion=cfg.fusion_settings if cfg.fusion else None,  # sampling records the references for fusion
             )
             timing.update(samples.timing)
             pairs = build_pairs(
