@@ -142,3 +142,12 @@ def test_the_library_never_imports_the_experiments() -> None:
         if name == "experiments" or name.startswith("experiments.")
     ]
     assert problems == []
+
+
+def test_results_hold_data_not_code() -> None:
+    """results/ is data with a README per folder; the code that made it lives in experiments/ (linted and tested)."""
+    results = PACKAGE.parent / "results"
+    code = sorted(str(p.relative_to(results)) for p in results.rglob("*") if p.suffix in {".py", ".sh", ".ipynb"})
+    assert code == [], "move these to experiments/"
+    folders = [p for p in results.iterdir() if p.is_dir()]
+    assert [p.name for p in folders if not (p / "README.md").is_file()] == []

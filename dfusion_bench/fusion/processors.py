@@ -28,6 +28,7 @@ from contextlib import contextmanager
 import torch
 from diffusers import UNet2DConditionModel
 
+from dfusion_bench.fusion.attention import attention_probs
 from dfusion_bench.fusion.masks import resize_mask
 from dfusion_bench.fusion.records import ReferenceRecords
 
@@ -75,13 +76,8 @@ class FusionController:
 
     def _record_cross(self, attn, hidden: torch.Tensor, context: torch.Tensor) -> None:
         half = hidden.shape[0] // 2
-        hidden, context = hidden[half:], context[half:]  # conditional half, the whole call (padding included)
-        if attn.norm_cross:
-            context = attn.norm_encoder_hidden_states(context)
-        query = attn.head_to_batch_dim(attn.to_q(hidden))
-        key = attn.head_to_batch_dim(attn.to_k(context))
-        probs = attn.get_attention_scores(query, key, None).float()  # (rows * heads, N, L)
-        probs = probs.reshape(half, attn.heads, *probs.shape[1:]).mean(dim=1)  # (rows, N, L)
+        # conditional half, the whole call (padding included); head mean -> (rows, N, L)
+        probs = attention_probs(attn, hidden[half:], context[half:]).mean(dim=1)
         h, w = layer_grid(probs.shape[1], self.latent_hw)
         maps = []
         for j, s in enumerate(self._samples):

@@ -2,8 +2,8 @@
 # Budget probe: the grid's configuration for more epochs (GRID_CONFIG as it was for these runs: every denoising step
 # trained unless the options add --exclude-last-steps, which GRID_CONFIG now does), evaluated only at epoch 0 and at
 # the end, on the train split, with 48 fixed seeds per prompt (384 images; the grid's own runs use the first 8 of them).
-# usage: results/budget-probe/run.sh METHOD fusion|no-fusion SUITE EPOCHS [TAG [MORE TRAIN OPTIONS...]]
-# e.g.   results/budget-probe/run.sh ddpo no-fusion shapes-spatial 24
+# usage: experiments/budget_probe/run.sh METHOD fusion|no-fusion SUITE EPOCHS [TAG [MORE TRAIN OPTIONS...]]
+# e.g.   experiments/budget_probe/run.sh ddpo no-fusion shapes-spatial 24
 # then:  dfusion_bench.studies.grid.export_run copies the run here (see README.md in this folder).
 set -euo pipefail
 m=$1; f=$2; suite=$3; ep=$4; tag=${5:-}; shift $(( $# < 5 ? $# : 5 ))
