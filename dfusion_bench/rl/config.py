@@ -38,13 +38,9 @@ TIMESTEP_SAMPLING = ("shared", "per-sample")
 #: variant; DPOK (Fan et al. 2023) 1e-5 with reward weight 100 — our pg has unit reward weight, so it keeps 3e-4.
 LITERATURE_LR = {"dpo": 3e-5, "ddpo": 3e-4, "pg": 3e-4}
 
-#: Learning rates on the embedded model (the default without --model, or with a shapes-world pipeline). The
-#: literature's, meant for SD's 865M-parameter UNet over thousands of updates, barely move this 2.8M-parameter
-#: model in a 20-minute run.
-#: Calibrated without fusion on the first 8 shapes-objects prompts (scratch runs, 2-6 epochs): dpo 3e-5 no change,
-#: 1e-3 train alignment up, 3e-3 collapse; with fusion ddpo and pg at 1e-2 (the literature's 10x ratio to dpo)
-#: collapsed within 2 epochs, so ddpo and pg use 1e-3. Plain dpo at 1e-3 then collapsed or degraded in 3 of 5
-#: four-epoch grid runs, so dpo uses 3e-4. The same rate serves with and without fusion.
+#: Learning rates on the embedded model (the default without --model, or with a shapes-world pipeline): the
+#: literature's barely move its 2.8M parameters in a short run. How they were calibrated: docs/design.md, "Where the
+#: embedded defaults come from".
 EMBEDDED_LR = {"dpo": 3e-4, "ddpo": 1e-3, "pg": 1e-3}
 
 

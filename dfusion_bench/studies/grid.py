@@ -25,11 +25,8 @@ from dfusion_bench.rl.config import METHODS
 from dfusion_bench.world.suites import SHAPES_SUITES as SUITES
 
 #: One run of the grid on the embedded model, sized to stay under ~20 minutes on one core of a 2-core laptop CPU.
+#: Why each value: docs/design.md, "Where the embedded defaults come from".
 GRID_CONFIG = [
-    # 8 prompts x 8 samples (64 per epoch). The shipped model gets 97% / 92% / 91% of the facts of each suite's first
-    # 4 train prompts right (objects / binding / spatial; the suites' means are 91% / 86% / 88%), which leaves a run
-    # no room to show a rise; the first 8 sit at 94% / 88% / 86% (results/world/quality/per_prompt.csv). The first
-    # model's grid (results/v1/grid) used 4 x 16.
     "--prompts", "8",
     "--samples-per-prompt", "8",
     "--epochs", "8",
@@ -38,13 +35,7 @@ GRID_CONFIG = [
     "--inner-epochs", "2",
     "--train-batch-size", "2",
     "--timestep-fraction", "0.5",
-    # `dfusion world study` on the train prompts: the 8x8 maps (the latent/4 rule's nearest grid) barely localise
-    # objects (IoU 0.08 with the verifier's masks), the 16x16 maps do (0.33, auto threshold); fusion gain 7% -> 17%
     "--mask-resolution", "16",
-    # Leave the last 3 of the 20 denoising steps out of every update, in every arm (the papers train all of them).
-    # A fused target's transitions there lie furthest off the policy (results/fuse-drift: steps 17-19); trained on,
-    # they collapse pg + fusion (results/grid: -0.236 / -0.148 / -0.168) and DPOK's KL does not stop it; without
-    # them no arm falls (results/budget-probe, results/grid-x3). `--extra --exclude-last-steps 0` is the papers'.
     "--exclude-last-steps", "3",
 ]  # fmt: skip
 

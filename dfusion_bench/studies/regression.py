@@ -41,8 +41,7 @@ def _grid_options(*names: str) -> list[str]:
 FORMS = {
     # SD: the literature's DPO settings (D3PO lr 3e-5)
     "real": {"template": "paper-t1", "scorer": "clip", "fusion": [], "train": []},
-    # the embedded model: the grid's settings, 2 epochs at lr 1e-3 (at the default 3e-4, 2 epochs are too few to
-    # move dpo + fusion: train 0.839 -> 0.828, measured; plain 0.839 -> 0.880)
+    # the embedded model: the grid's settings, 2 epochs at lr 1e-3 (why: docs/design.md, "The regression check")
     "embedded": {
         "template": "shapes-objects",
         "scorer": "verifier",
