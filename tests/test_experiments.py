@@ -93,6 +93,7 @@ def test_preview_plans_every_grid_cell_and_the_named_ones_on_the_gpu(tmp_path, c
     assert len(lines) == 18 and sum("cuda" in line for line in lines) == 3
 
 
+@pytest.mark.slow
 def test_drive_collects_rows_as_they_come_and_stops_at_the_deadline(tmp_path) -> None:
     """Stand-in jobs: one writes two metrics rows (and half a line) and ends, the other never ends."""
     from experiments.drive import Job, drive

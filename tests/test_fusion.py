@@ -161,6 +161,7 @@ def test_mask_layers_default_to_quarter_resolution(tiny_pipe) -> None:
         select_cross_attention(unet, 3)
 
 
+@pytest.mark.slow
 def test_sd21_architecture_runs_a_fused_step() -> None:
     """SD 2.1-base's UNet (its diffusers config, random weights, a 16x16 latent) takes the processors by name."""
     from dfusion_bench.models.tiny import build_tiny_pipeline

@@ -11,6 +11,7 @@ from dfusion_bench.models.loading import EMBEDDED_MODEL
 from dfusion_bench.rl.config import EMBEDDED_LR
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (EMBEDDED_MODEL / "model_index.json").is_file(), reason="the embedded model is not installed")
 def test_main_job_runs_with_no_other_options(tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)

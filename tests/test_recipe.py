@@ -131,6 +131,7 @@ def _lora_after(tmp_path, tiny_dir, name: str, *extra: str) -> dict[str, torch.T
     return load_file(str(out / "checkpoints/epoch-0001/lora.safetensors"))
 
 
+@pytest.mark.slow
 def test_micro_batches_accumulate_to_the_same_step(tmp_path, tiny_dir) -> None:
     """The micro-batch is compute only: one optimizer step over 8 samples in micro-batches of 2 moves the adapters
     as one pass over all 8 does (up to float summation order)."""
@@ -143,6 +144,7 @@ def test_micro_batches_accumulate_to_the_same_step(tmp_path, tiny_dir) -> None:
         assert torch.allclose(whole[name], parts[name], atol=1e-5), name
 
 
+@pytest.mark.slow
 def test_ddpo_logs_diagnostics_and_group_advantages(tmp_path, tiny_dir, monkeypatch) -> None:
     """Per epoch: approx KL and clip fraction (ddpo-pytorch's), reward mean and std, the zero-advantage share and
     what was trained; per-sample timesteps, rotation of 1 of 2 prompts and evaluation at more steps run end to end."""
@@ -283,6 +285,7 @@ def test_inner_epochs_and_timestep_fraction_set_the_work_of_an_epoch(tmp_path, t
     assert len(calls) == 4 * 2 and all(len(rows) == 4 for rows, _ in calls)
 
 
+@pytest.mark.slow
 def test_eval_of_a_runs_epoch_reproduces_that_epochs_evaluation(tmp_path, tiny_dir) -> None:
     """`eval --run --epoch E` with the run's settings samples the same images as the run's own evaluation at E."""
     run = tmp_path / "run"

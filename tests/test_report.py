@@ -385,6 +385,7 @@ def test_load_report_tables_round_trips(built: dict[str, Path], tables: dict[str
     assert csv["p_value"].tolist() == pytest.approx(tables["fusion_gain"]["p_value"].tolist(), nan_ok=True)
 
 
+@pytest.mark.slow
 def test_rerun_overwrites_only_its_own_files(tmp_path: Path) -> None:
     paths = fx.write_everything(tmp_path / "in")
     out = tmp_path / "out"
@@ -481,6 +482,7 @@ def _chromium(args: list[str], profile: Path) -> subprocess.CompletedProcess[str
     )
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium missing (apt-get install -y chromium)")
 def test_index_renders_in_headless_chromium(built: dict[str, Path], tmp_path: Path) -> None:
     url = built["index"].resolve().as_uri()

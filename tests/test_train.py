@@ -226,6 +226,7 @@ def _train_cmd(tiny_dir: Path, out: Path, *extra: str) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_is_bit_identical(tmp_path, tiny_dir) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     full, broken = tmp_path / "full", tmp_path / "broken"
@@ -251,6 +252,7 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path, tiny_dir) -> None:
     assert metrics(broken) == metrics(full) and len(metrics(full)) == 6
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_corrupt_checkpoint(tmp_path, tiny_dir) -> None:
     out = tmp_path / "run"
     args = [
@@ -276,6 +278,7 @@ def test_resume_refuses_a_corrupt_checkpoint(tmp_path, tiny_dir) -> None:
     assert _cli(*args, "--resume") == 2
 
 
+@pytest.mark.slow
 def test_resume_refuses_changed_options(capsys, tmp_path, tiny_dir) -> None:
     out = tmp_path / "run"
     args = ["train", "--method", "dpo", "--model", str(tiny_dir), *TINY_RUN, "--samples-per-prompt", "4",
@@ -293,6 +296,7 @@ def test_resume_refuses_changed_options(capsys, tmp_path, tiny_dir) -> None:
     assert config["epochs"] == 3 and config["template"] == "paper-t1" and config["prompts"] == 2
 
 
+@pytest.mark.slow
 def test_two_processes_keep_lora_identical_and_match_one_process(tmp_path, tiny_dir) -> None:
     """ddpo-pytorch #10: unsynchronised LoRA across GPUs. Two gloo processes must hold identical weights, and an odd
     minibatch (3 pairs over 2 processes) must give the same update as one process: no example is dropped."""

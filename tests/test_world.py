@@ -92,6 +92,7 @@ def test_verifier_breakdown_names_the_failing_fact() -> None:
     assert extra.facts == {"object0": True, "count": False} and extra.score == 0.5
 
 
+@pytest.mark.slow
 def test_pretraining_resumes_to_the_same_weights(tmp_path) -> None:
     from safetensors.torch import load_file
 

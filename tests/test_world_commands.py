@@ -15,6 +15,7 @@ def _ok(*args: str) -> None:
         assert exc.code in (0, None)
 
 
+@pytest.mark.slow
 def test_study_writes_its_tables(tmp_path, world_dir) -> None:
     out = tmp_path / "study"
     _ok("world", "study", "--template", "shapes-spatial", "--out", str(out), "--model", str(world_dir),
