@@ -1,0 +1,1 @@
+"""Issue 20's positive control: pilots' probes and the ceiling."""
