@@ -11,6 +11,10 @@ The package never imports from here (tests/test_layout.py); the experiments impo
 - ``grid_x3.object_probe``, ``grid_x3.attention_probe``, ``grid_x3.fused_attention_probe``,
   ``grid_x3.update_direction_probe``: why dpo + fusion loses the second object (results/grid-x3; shared measures in
   :mod:`experiments.grid_x3.measures`)
+- ``control.gradient_snr``: the signal-to-noise ratio of plain pg's per-sample gradient (results/control-snr)
+- ``control.ceiling``: best-of-group fine-tuning with the diffusion loss, the positive control's ceiling
+  (results/control)
+- ``budget_probe/run.sh``: the budget probe's runs (results/budget-probe)
 """
 
 from pathlib import Path

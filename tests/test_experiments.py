@@ -275,4 +275,4 @@ def test_results_hold_data_only_and_the_experiments_import_each_other_as_a_packa
         if path.name != "__init__.py" and str(relative) not in HELPERS:
             assert callable(getattr(module, "main", None)), relative
             runnable += 1
-    assert runnable == 8
+    assert runnable == 10
