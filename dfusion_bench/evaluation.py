@@ -80,6 +80,24 @@ def evaluate(
     return EvalResult(pd.DataFrame(rows), summary, traj.images, per_prompt)
 
 
+def metrics_row(
+    epoch: int, split: str, summary: dict[str, Any], scorer: str, samples_seen: int, wall_time_s: float
+) -> dict[str, Any]:
+    """One evaluation's row of a run's ``metrics.jsonl``: a scorer's ``summary`` (from :attr:`EvalResult.summary`)
+    after ``samples_seen`` training samples and ``wall_time_s`` seconds."""
+    return {
+        "epoch": epoch,
+        "split": split,
+        "mean_score": summary["mean_score"],
+        "aligned_rate": summary["aligned_rate"],
+        "facts": summary.get("fact_rates") or None,
+        "samples_seen": samples_seen,
+        "wall_time_s": wall_time_s,
+        "scorer": scorer,
+        "n": summary["n"],
+    }
+
+
 def write_samples(path: Path, result: EvalResult) -> None:
     """Per-sample rows as CSV (atomically)."""
     atomic.write_text(path, result.table.to_csv(index=False))

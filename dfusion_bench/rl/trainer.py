@@ -23,7 +23,7 @@ from dfusion_bench import atomic, imaging, runlock
 from dfusion_bench.devices import pick_dtype, use_cpu
 from dfusion_bench.distributed import Distributor, launch_warning, requested_processes
 from dfusion_bench.errors import Interrupted, UserError, write_failure
-from dfusion_bench.evaluation import evaluate, write_grid, write_samples
+from dfusion_bench.evaluation import evaluate, metrics_row, write_grid, write_samples
 from dfusion_bench.models.choice import ModelChoice
 from dfusion_bench.pairs import build_pairs
 from dfusion_bench.progress import advance_callback, progress_bar
@@ -194,20 +194,7 @@ class Trainer:
                     tracking.log_image(
                         self.accelerator, f"eval/{split}/grid", imaging.read_png(folder / f"{split}.png"), epoch
                     )
-            self._log(
-                METRICS,
-                {
-                    "epoch": epoch,
-                    "split": split,
-                    "mean_score": summary["mean_score"],
-                    "aligned_rate": summary["aligned_rate"],
-                    "facts": summary.get("fact_rates") or None,
-                    "samples_seen": self.samples_seen,
-                    "wall_time_s": self.elapsed,
-                    "scorer": self.scorer.name,
-                    "n": summary["n"],
-                },
-            )
+            self._log(METRICS, metrics_row(epoch, split, summary, self.scorer.name, self.samples_seen, self.elapsed))
         return time.perf_counter() - t0
 
     def _update(self, epoch: int, data: Examples, progress: Progress) -> dict[str, float]:

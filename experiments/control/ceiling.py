@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from dfusion_bench import atomic
 from dfusion_bench.devices import pick_device, pick_dtype
 from dfusion_bench.errors import UserError
-from dfusion_bench.evaluation import evaluate, write_grid, write_samples
+from dfusion_bench.evaluation import evaluate, metrics_row, write_grid, write_samples
 from dfusion_bench.guidance import encode_text
 from dfusion_bench.models.choice import ModelChoice
 from dfusion_bench.rl.config import LoraSettings, OptimSettings
@@ -216,19 +216,7 @@ class Ceiling:
             summary = result.summary[self.scorer.name]
             write_samples(folder / f"{split}.csv", result)
             write_grid(folder / f"{split}.png", result)
-            rows.append(
-                {
-                    "epoch": epoch,
-                    "split": split,
-                    "mean_score": summary["mean_score"],
-                    "aligned_rate": summary["aligned_rate"],
-                    "facts": summary.get("fact_rates") or None,
-                    "samples_seen": self.samples_seen,
-                    "wall_time_s": self.elapsed,
-                    "scorer": self.scorer.name,
-                    "n": summary["n"],
-                }
-            )
+            rows.append(metrics_row(epoch, split, summary, self.scorer.name, self.samples_seen, self.elapsed))
         return rows, time.perf_counter() - t0
 
     def save(self, r: int, state: dict[str, Any]) -> None:
