@@ -47,7 +47,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
 from dfusion_bench import atomic
@@ -63,6 +62,7 @@ from dfusion_bench.seeding import derive_seed, sample_seeds
 from dfusion_bench.settings import SamplerConfig
 from dfusion_bench.trajectories import Trajectories
 from experiments import RESULTS
+from experiments.control.ceiling import diffusion_loss
 
 OUT = RESULTS / "control-snr"
 BATCH = 64  # --train-batch-size of the pg runs that did not learn
@@ -263,15 +263,9 @@ def sft_gradients(
     rows = []
     for i in range(len(traj)):
         gen = torch.Generator("cpu").manual_seed(derive_seed(seed, epoch, _SFT_KEY, int(traj.seeds[i]) % 2**62))
-        x0 = traj.latents[i, -1:].float()
-        noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(0, schedule.config.num_train_timesteps, (1,), generator=gen)
-        noisy = schedule.add_noise(x0, noise, t).to(trainer.device)
         dtype = next(trainer.unet.parameters()).dtype
-        pred = trainer.model(
-            noisy.to(dtype), t.to(trainer.device), encoder_hidden_states=text.cond[i : i + 1].to(dtype)
-        )
-        loss = F.mse_loss(pred.sample.float(), noise.to(trainer.device))
+        context = text.cond[i : i + 1].to(trainer.device, dtype)
+        loss = diffusion_loss(trainer.model, schedule, traj.latents[i, -1:].float(), context, gen)
         rows.append(flat(torch.autograd.grad(loss, params, allow_unused=True), params))
     return torch.stack(rows)
 
